@@ -1,0 +1,45 @@
+"""diffusers-lumina-mgpt: Lumina-mGPT-style autoregressive image generation for diffusers.
+
+Public names are imported lazily so that `import diffusers_lumina_mgpt` stays cheap and
+optional parts (demo, shapes) never load torch-heavy modules they do not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module (relative to this package) that defines it
+_LAZY: dict[str, str] = {
+    "LuminaMGPTTransformer": ".transformer",
+    "ChameleonVQModel": ".vq",
+    "LuminaVocab": ".vocab",
+    "LuminaImageProcessor": ".image_processor",
+    "encode_image_block": ".image_tokens",
+    "decode_image_block": ".image_tokens",
+    "LuminaMGPTARScheduler": ".schedulers",
+    "LuminaMGPTJacobiScheduler": ".schedulers",
+    "LuminaMGPTPipeline": ".pipelines",
+    "LuminaMGPTPipelineOutput": ".pipelines",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .transformer import LuminaMGPTTransformer  # noqa: F401
