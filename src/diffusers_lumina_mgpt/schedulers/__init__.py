@@ -1,0 +1,15 @@
+"""Decoding schedulers: how image tokens are chosen (plain AR sampling or speculative Jacobi decoding)."""
+
+from .ar import LuminaMGPTARScheduler
+from .image_decoding import ImageDecodeState, ImageLayout
+from .jacobi import LuminaMGPTJacobiScheduler
+from .sampling import guided_logits, logits_to_probs
+
+__all__ = [
+    "ImageDecodeState",
+    "ImageLayout",
+    "LuminaMGPTARScheduler",
+    "LuminaMGPTJacobiScheduler",
+    "guided_logits",
+    "logits_to_probs",
+]
