@@ -1,0 +1,99 @@
+"""Preallocated (static) key/value cache for `LuminaMGPTTransformer` and the attention mask it implies.
+
+The cache is a pair of tensors per layer, allocated once by `LuminaMGPTTransformer.setup_cache` and written
+in place at the slots the caller names (`cache_position`), in the style of gpt-fast. Nothing is ever
+appended or reallocated, so one generation does no per-step allocation for keys and values.
+
+Slot semantics (shared by every row of the batch):
+
+* A forward with `cache_position = [n, ..., n+T-1]` writes its T keys/values at those slots, then each
+  query at slot ``c`` attends to the slots ``s`` with ``s <= c`` that its row may see (`kv_mask[b, s]`),
+  and always to its own slot ``c`` (so a row whose earlier slots are all masked never produces NaN).
+* Because a query never looks beyond its own slot, stale entries at later slots are invisible. Truncating
+  rejected speculative tokens is therefore free: write the next tokens at those slots again.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StaticKVCache:
+    """Per-layer key/value buffers of shape (max_batch_size, num_kv_heads, max_seq_len, head_dim)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        max_batch_size: int,
+        num_kv_heads: int,
+        max_seq_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        if max_batch_size < 1 or max_seq_len < 1:
+            raise ValueError(
+                f"setup_cache needs max_batch_size >= 1 and max_seq_len >= 1, got {max_batch_size} and {max_seq_len}."
+            )
+        shape = (max_batch_size, num_kv_heads, max_seq_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = max_seq_len
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    def update(
+        self, layer: int, cache_position: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write `key`/`value` (B, Hkv, T, D) at slots `cache_position` (T,); return slots [0, kv_len) of this batch."""
+        batch = key.shape[0]
+        k_cache = self.keys[layer]
+        v_cache = self.values[layer]
+        if key.shape[2] == 1:
+            # one-token decode: a plain indexed copy is cheaper than index_copy_'s generic path
+            slot = cache_position[0]
+            k_cache[:batch, :, slot] = key[:, :, 0].to(self.dtype)
+            v_cache[:batch, :, slot] = value[:, :, 0].to(self.dtype)
+        else:
+            k_cache[:batch].index_copy_(2, cache_position, key.to(self.dtype))
+            v_cache[:batch].index_copy_(2, cache_position, value.to(self.dtype))
+        return k_cache[:batch, :, :kv_len], v_cache[:batch, :, :kv_len]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+def cached_attention_mask(
+    cache_position: torch.Tensor, kv_len: int, batch_size: int, kv_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Boolean mask (B, 1, T, kv_len) for queries at `cache_position` over cache slots [0, kv_len), or None.
+
+    Allowed: ``(s <= c and kv_mask[b, s]) or s == c``. Returns None when every entry would be allowed
+    (one-token decode at the last slot with no row mask), so the caller can skip masking entirely.
+    """
+    slots = torch.arange(kv_len, device=cache_position.device)  # (L,)
+    query_slots = cache_position[:, None]  # (T, 1)
+    causal = slots[None, :] <= query_slots  # (T, L)
+    if kv_mask is None:
+        if cache_position.numel() == 1 and int(cache_position[0]) == kv_len - 1:
+            return None
+        return causal[None, None].expand(batch_size, 1, -1, -1)
+    if kv_mask.dim() != 2 or kv_mask.shape[0] != batch_size or kv_mask.shape[1] < kv_len:
+        raise ValueError(
+            f"kv_mask must have shape (batch_size={batch_size}, max_seq_len) with max_seq_len >= {kv_len}, "
+            f"got {tuple(kv_mask.shape)}; pass the (B, max_seq_len) boolean mask of cache slots each row may see."
+        )
+    own = slots[None, :] == query_slots  # (T, L)
+    allowed = (causal[None] & kv_mask[:, None, :kv_len].bool()) | own[None]  # (B, T, L)
+    return allowed[:, None]
+
+
+def padded_causal_mask(attention_mask: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor | None:
+    """Mask (B, 1, T, T) for an uncached forward: causal, padding keys hidden, each query sees itself."""
+    if attention_mask is None:
+        return None
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    own = torch.eye(seq_len, dtype=torch.bool, device=device)
+    allowed = (causal[None] & attention_mask[:, None, :].bool()) | own[None]  # (B, T, T)
+    return allowed[:, None]
