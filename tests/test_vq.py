@@ -300,6 +300,23 @@ def test_input_errors(meta_vq, fixture_dir, tmp_path):
         vq_decode_codes(meta_vq, torch.zeros(2, 2, dtype=torch.long))
 
 
+def test_torch_dtype_and_pickled_checkpoints(fixture_dir, tmp_path):
+    import argparse
+
+    yaml_path = fixture_dir / "tokenizer" / "vqgan.yaml"
+    half = load_meta_vqgan(fixture_dir / "tokenizer" / "vqgan.ckpt", yaml_path, torch_dtype=torch.bfloat16)
+    assert half.quantize.embedding.weight.dtype == torch.bfloat16
+    codes = vq_encode_codes(half, _images(32, 32, seed=8))
+    with torch.no_grad():
+        assert vq_decode_codes(half, codes).dtype == torch.bfloat16
+    # Lightning checkpoints may pickle hyper-parameter objects that weights_only refuses
+    state = torch.load(fixture_dir / "tokenizer" / "vqgan.ckpt", weights_only=True)["state_dict"]
+    torch.save({"state_dict": state, "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "vqgan.ckpt")
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        load_meta_vqgan(tmp_path / "vqgan.ckpt", yaml_path)
+    assert load_meta_vqgan(tmp_path / "vqgan.ckpt", yaml_path, allow_pickle=True).config.has_decoder
+
+
 def test_pixels_to_uint8_is_truncation():
     pixels = torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0, 3.0]).view(1, 6, 1)
     out = vq_pixels_to_uint8(pixels.expand(3, 6, 1))

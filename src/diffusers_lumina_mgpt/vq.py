@@ -142,7 +142,10 @@ def vq_nearest_codes(codebook: torch.Tensor, latents: torch.Tensor) -> torch.Lon
     codebook: (N, D); latents: (B, D, h, w) -> codes (B, h, w).
     Uses the same expression as Chameleon / taming / transformers (|z|^2 + |e|^2 - 2 z.e, then
     argmin) so that near-ties resolve the same way; diffusers' `VectorQuantizer` uses `torch.cdist`.
+    Half-precision inputs are compared in float32 (bf16 distances would tie far too often).
     """
+    if latents.dtype in (torch.float16, torch.bfloat16):
+        latents, codebook = latents.float(), codebook.float()
     batch, dim, height, width = latents.shape
     flat = latents.permute(0, 2, 3, 1).reshape(-1, dim)  # (B*h*w, D)
     distances = (
