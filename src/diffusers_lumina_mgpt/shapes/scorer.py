@@ -115,15 +115,25 @@ def connected_components(classes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def classify_shape(component: np.ndarray) -> tuple[str, float]:
-    """Best-matching shape of a cropped boolean component mask, and its IoU ("unknown" if too low)."""
+def classify_shape(component: np.ndarray, slack: int = 2) -> tuple[str, float]:
+    """Best-matching shape of a cropped boolean component mask, and its IoU ("unknown" if too low).
+
+    Templates are drawn in the component's box grown by 0..`slack` px per axis at every offset,
+    so shapes whose edges were eroded (JPEG, VQ reconstructions) still match their template.
+    """
     h, w = component.shape
     best, best_iou = "unknown", 0.0
-    for shape in SHAPES:
-        template = shape_mask(shape, w, h)
-        iou = float((template & component).sum() / (template | component).sum())
-        if iou > best_iou:
-            best, best_iou = shape, iou
+    for eh in range(slack + 1):
+        for ew in range(slack + 1):
+            for shape in SHAPES:
+                template = shape_mask(shape, w + ew, h + eh)
+                for oy in range(eh + 1):
+                    for ox in range(ew + 1):
+                        inside = template[oy:oy + h, ox:ox + w]
+                        inter = int((inside & component).sum())
+                        iou = inter / (int(template.sum()) + int(component.sum()) - inter)
+                        if iou > best_iou:
+                            best, best_iou = shape, iou
     return (best if best_iou >= MIN_SHAPE_IOU else "unknown"), best_iou
 
 
