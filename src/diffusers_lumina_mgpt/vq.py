@@ -27,6 +27,7 @@ import torch
 from diffusers import VQModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' loader looks the base class up here
 
 __all__ = [
     "ChameleonVQModel",

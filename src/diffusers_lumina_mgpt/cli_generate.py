@@ -1,0 +1,95 @@
+"""`lumina-mgpt convert` and `lumina-mgpt generate`: thin command-line wrappers over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    conv = subparsers.add_parser(
+        "convert",
+        help="convert a Lumina-mGPT / Chameleon checkpoint into a diffusers pipeline folder",
+        description="Convert a transformers-format Lumina-mGPT / Chameleon folder plus Meta's VQGAN files "
+        "into a LuminaMGPTPipeline folder (model_index.json, tokenizer, transformer, vqvae, scheduler).",
+    )
+    conv.add_argument("--model", required=True, help="transformers folder (config.json + safetensors)")
+    conv.add_argument("--vqgan-ckpt", help="Meta's vqgan.ckpt (the image decoder); without it only encoding works")
+    conv.add_argument("--vqgan-config", help="Meta's vqgan.yaml")
+    conv.add_argument("--text-tokenizer", help="Meta's text_tokenizer.json, if the model folder has no tokenizer")
+    conv.add_argument("--out", required=True, help="output pipeline folder")
+    conv.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
+    conv.add_argument("--default-size", type=int, default=512, help="model resolution: 512, 768 or 1024")
+    conv.add_argument("--scheduler", choices=["ar", "jacobi"], default="ar", help="default decoding scheduler")
+    conv.set_defaults(func=_convert)
+
+    gen = subparsers.add_parser("generate", help="generate an image from a prompt with a pipeline folder")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", required=True, help="LuminaMGPTPipeline folder (see `lumina-mgpt convert`)")
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--scheduler", choices=["ar", "jacobi"], default="ar")
+    gen.add_argument("--guidance-scale", type=float, default=3.0)
+    gen.add_argument("--image-top-k", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--num-drafts", type=int, default=16, help="drafts per forward for --scheduler jacobi")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    gen.add_argument("-o", "--output", required=True, help="PNG file to write")
+    gen.set_defaults(func=_generate)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint, parse_dtype
+
+    out = convert_checkpoint(
+        args.model, args.out, vqgan_ckpt=args.vqgan_ckpt, vqgan_config=args.vqgan_config,
+        text_tokenizer=args.text_tokenizer, torch_dtype=parse_dtype(args.dtype), default_size=args.default_size,
+        scheduler=args.scheduler,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    from .convert import parse_dtype
+    from .pipelines import LuminaMGPTPipeline
+    from .schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
+
+    if not (Path(args.model) / "model_index.json").is_file():
+        raise FileNotFoundError(f"{args.model} is not a pipeline folder (no model_index.json); run `lumina-mgpt convert`")
+    if not args.output.lower().endswith(".png"):
+        raise ValueError(f"--output must be a .png file (settings are stored in its metadata), got {args.output}")
+    dtype = parse_dtype(args.dtype)
+    pipe = LuminaMGPTPipeline.from_pretrained(args.model, **({"torch_dtype": dtype} if dtype else {}))
+    if args.scheduler == "jacobi":
+        pipe.scheduler = LuminaMGPTJacobiScheduler.from_config(pipe.scheduler.config, num_drafts=args.num_drafts)
+    else:
+        pipe.scheduler = LuminaMGPTARScheduler.from_config(pipe.scheduler.config)
+    pipe.to(args.device)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    out = pipe(
+        args.prompt, height=args.height, width=args.width, guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt, generator=generator, image_top_k=args.image_top_k,
+        temperature=args.temperature,
+    )
+    image = out.images[0]
+    settings = {
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "height": image.height,
+        "width": image.width, "seed": args.seed, "scheduler": args.scheduler, "guidance_scale": args.guidance_scale,
+        "image_top_k": args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k,
+        "temperature": args.temperature if args.temperature is not None else pipe.scheduler.config.temperature,
+        "model": str(args.model), "num_forward_passes": out.num_forward_passes,
+    }
+    info = PngInfo()
+    info.add_text("lumina-mgpt", json.dumps(settings))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.output, pnginfo=info)
+    print(f"wrote {args.output} ({out.num_forward_passes} forward passes)")
+    return 0

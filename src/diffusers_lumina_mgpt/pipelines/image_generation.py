@@ -1,0 +1,112 @@
+"""The decode loop that turns prompts into image blocks: cache layout, CFG rows, scheduler calls.
+
+Rows of the transformer batch are `N` conditional rows followed, when guidance is on, by `N`
+unconditional rows. All rows share cache slots: prompts are left-padded so that every image starts at
+the same slot, pad slots are masked out per row (`kv_mask`), and each row numbers its own RoPE
+positions from 0. The unconditional row of Lumina-mGPT sees the image alone (`BOI, H, W, image
+tokens...` at positions 0, 1, 2, ...), or a negative prompt before it; it is computed in the same
+forward as the conditional rows, never as a second model call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..schedulers.image_decoding import ImageDecodeState, ImageLayout
+from ..schedulers.sampling import guided_logits
+
+
+@dataclass
+class ImageDecodeResult:
+    body: torch.Tensor  # (N, L) body token ids (codes, NEWLINEs, EOI)
+    num_forwards: int  # transformer forward passes, prefill included
+    state: ImageDecodeState
+
+
+def _left_pad(seqs: Sequence[torch.Tensor], pad_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, length) ids and (R, length) bool mask of real tokens, right-aligned."""
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    real = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for r, s in enumerate(seqs):
+        ids[r, length - len(s) :] = s
+        real[r, length - len(s) :] = True
+    return ids, real
+
+
+@torch.inference_mode()
+def decode_image_blocks(
+    transformer,
+    scheduler,
+    cond_prompts: Sequence[torch.Tensor],
+    uncond_prompts: Sequence[torch.Tensor] | None,
+    layout: ImageLayout,
+    guidance_scale: float,
+    pad_id: int,
+    generator=None,
+    sampling: dict | None = None,
+    on_step: Callable[[int, ImageDecodeState], None] | None = None,
+    device: torch.device | str | None = None,
+) -> ImageDecodeResult:
+    """Generate the body of one image block per conditional prompt.
+
+    `cond_prompts[i]` ends with `BOI, H_grid, W_grid`; `uncond_prompts[i]` likewise (the image
+    alone is just those three tokens). With `guidance_scale == 1` or no unconditional prompts, only
+    the conditional rows run.
+    """
+    use_cfg = uncond_prompts is not None and guidance_scale != 1.0
+    rows = list(cond_prompts) + (list(uncond_prompts) if use_cfg else [])
+    n = len(cond_prompts)
+    device = transformer.device if device is None else torch.device(device)
+    prefix = max(len(r) for r in rows)
+    L = layout.length
+    max_window = L + getattr(scheduler.config, "num_drafts", 0) + 1
+    total = prefix + max_window
+    limit = transformer.config.max_position_embeddings
+    longest = max(len(r) for r in rows) + L
+    if longest > limit:
+        raise ValueError(
+            f"prompt ({longest - L} tokens) plus image block ({L} tokens) needs {longest} positions but the "
+            f"transformer has max_position_embeddings={limit}; use a smaller image or a shorter prompt"
+        )
+
+    ids, real = _left_pad(rows, pad_id, prefix)
+    lengths = real.sum(1)  # (R,) prompt length of each row = RoPE position of body position 0
+    positions = (real.cumsum(1) - 1).clamp_min(0)
+    kv_mask = torch.ones((len(rows), total), dtype=torch.bool)
+    kv_mask[:, :prefix] = real
+
+    transformer.setup_cache(max_batch_size=len(rows), max_seq_len=total, device=device)
+    kv_mask_d = kv_mask.to(device)
+    code_ids = layout.code_token_ids.to(device)
+
+    def run(tokens: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, keep: int) -> torch.Tensor:
+        out = transformer(
+            tokens.to(device), position_ids=pos.to(device), cache_position=slots.to(device), kv_mask=kv_mask_d,
+            logits_to_keep=keep,
+        )
+        logits = out.logits[..., code_ids].float()  # (R, T, C): only codes are possible inside an image
+        return guided_logits(logits[:n], logits[n:] if use_cfg else None, guidance_scale)
+
+    try:
+        state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
+        scheduler.step(state, run(ids, torch.arange(prefix), positions, keep=1))
+        step = 0
+        if on_step is not None:
+            on_step(step, state)
+        while not state.finished:
+            tokens = scheduler.window(state)  # (N, T)
+            T = tokens.shape[1]
+            start = state.window_start
+            slots = prefix + start + torch.arange(T)
+            pos = lengths[:, None] + start + torch.arange(T)[None, :]
+            row_tokens = torch.cat([tokens, tokens]) if use_cfg else tokens
+            scheduler.step(state, run(row_tokens, slots, pos, keep=0))
+            step += 1
+            if on_step is not None:
+                on_step(step, state)
+    finally:
+        transformer.delete_cache()
+    return ImageDecodeResult(state.body.clone(), state.num_forwards, state)

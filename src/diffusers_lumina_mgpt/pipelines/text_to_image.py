@@ -1,0 +1,225 @@
+"""`LuminaMGPTPipeline`: text-to-image with a Lumina-mGPT / Chameleon-architecture transformer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ..conversation import ConversationTokenizer
+from ..image_processor import LuminaImageProcessor
+from ..image_tokens import decode_image_block
+from ..schedulers.image_decoding import ImageLayout
+from ..vocab import LuminaVocab
+from ..vq import vq_decode_codes, vq_downsample_factor
+from .image_generation import decode_image_blocks
+
+OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+
+
+@dataclass
+class LuminaMGPTPipelineOutput(BaseOutput):
+    """Output of the Lumina-mGPT pipelines.
+
+    images: PIL images, a (B, H, W, 3) array, a (B, 3, H, W) tensor in [0, 1], or, for
+        `output_type="tokens"`, the (B, block_length) image token blocks.
+    tokens: the generated image blocks `BOI, H, W, (codes, NEWLINE) x h, EOI`, (B, block_length).
+    num_forward_passes: transformer forwards of the call (prefill included; CFG rows share them).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    tokens: torch.Tensor
+    num_forward_passes: int
+
+
+class LuminaMGPTPipeline(DiffusionPipeline):
+    r"""Text-to-image generation with Lumina-mGPT.
+
+    Components:
+        tokenizer: a transformers fast tokenizer with Chameleon's token names (`IMGIMG...Z`, `<racm3:break>`,
+            `<eoss>`, `<reservedNNNNN>`) and `<|image|>`, or a compact vocabulary's names.
+        transformer ([`LuminaMGPTTransformer`]): the decoder; it knows nothing of pixels.
+        vqvae: the VQ image tokenizer (codes -> pixels).
+        scheduler ([`LuminaMGPTARScheduler`] or [`LuminaMGPTJacobiScheduler`]): how tokens are chosen.
+        default_size: the model's resolution, used when `height`/`width` are not given.
+    """
+
+    model_cpu_offload_seq = "transformer->vqvae"
+    _callback_tensor_inputs = ["tokens"]
+
+    def __init__(self, tokenizer, transformer, vqvae, scheduler, default_size: int = 512):
+        super().__init__()
+        self.register_modules(tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=scheduler)
+        self.register_to_config(default_size=default_size)
+
+    # ------------------------------------------------------------------ derived helpers
+    @cached_property
+    def vocab(self) -> LuminaVocab:
+        return LuminaVocab.from_tokenizer(self.tokenizer)
+
+    @cached_property
+    def conversation(self) -> ConversationTokenizer:
+        return ConversationTokenizer(self.tokenizer, self.vocab)
+
+    @property
+    def image_processor(self) -> LuminaImageProcessor:
+        f = vq_downsample_factor(self.vqvae)
+        key = (self.config.default_size, f)
+        if getattr(self, "_image_processor_key", None) != key:
+            self._image_processor = LuminaImageProcessor(
+                target_size=self.config.default_size, patch_size=2 * f, downsample_factor=f
+            )
+            self._image_processor_key = key
+        return self._image_processor
+
+    def image_layout(self, h_lat: int, w_lat: int) -> ImageLayout:
+        v = self.vocab
+        return ImageLayout(h_lat, w_lat, v.newline_id, v.eoi_id, torch.tensor(v.code_token_ids, dtype=torch.long))
+
+    def image_header(self, height: int, width: int) -> torch.Tensor:
+        """`BOI, H_grid, W_grid` for an image of `height x width` pixels."""
+        p = self.image_processor.config.patch_size
+        return torch.tensor([self.vocab.boi_id, self.vocab.grid_token(height // p), self.vocab.grid_token(width // p)])
+
+    def encode_prompt(self, prompt: str, height: int, width: int) -> torch.Tensor:
+        """Token ids of the conditional context: the text-to-image conversation then `BOI, H, W`."""
+        ids = self.conversation.text_to_image_prompt(prompt, height, width)
+        return torch.cat([ids, self.image_header(height, width)])
+
+    def encode_negative_prompt(self, negative_prompt: str | None, height: int, width: int) -> torch.Tensor:
+        """The unconditional context: the image alone (Lumina-mGPT), or a negative prompt before it."""
+        if not negative_prompt:
+            return self.image_header(height, width)
+        return self.encode_prompt(negative_prompt, height, width)
+
+    # ------------------------------------------------------------------ validation
+    def check_inputs(
+        self, prompt, height, width, negative_prompt, num_images_per_prompt, guidance_scale, output_type,
+        callback_on_step_end_tensor_inputs,
+    ) -> list[str]:
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = list(prompt)
+        else:
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            if not isinstance(negative_prompt, (list, tuple)) or len(negative_prompt) != len(prompts):
+                raise ValueError(
+                    f"`negative_prompt` must be a string or a list with one entry per prompt ({len(prompts)}), "
+                    f"got {negative_prompt!r}"
+                )
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0 (1.0 turns guidance off), got {guidance_scale!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"`{name}` must be an integer number of pixels, got {value!r}")
+        if callback_on_step_end_tensor_inputs is not None:
+            bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if bad:
+                raise ValueError(f"callback tensor inputs {bad} are not available; choose from {self._callback_tensor_inputs}")
+        return prompts
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float = 3.0,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image_top_k: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> LuminaMGPTPipelineOutput | tuple:
+        r"""Generate images from text.
+
+        Args:
+            prompt: the text, or a list of texts.
+            height, width: pixels, multiples of the grid (32 px for Chameleon's VQGAN); default
+                `default_size`. The grid tokens are forced, so the size is always honoured.
+            guidance_scale: classifier-free guidance `s` in `uncond + s * (cond - uncond)`; 1.0 skips the
+                unconditional rows. Lumina-mGPT's demo uses 3.0 (README 4.0).
+            negative_prompt: text for the unconditional context; by default it is the image alone.
+            num_images_per_prompt: images per prompt.
+            generator: a `torch.Generator`, or one per image, for reproducible sampling.
+            image_top_k, temperature, top_p: override the scheduler's sampling settings for this call.
+            output_type: "pil", "np", "pt" or "tokens" (the image token blocks, no VQ decoding).
+            return_dict: return a [`LuminaMGPTPipelineOutput`] instead of a tuple.
+            callback_on_step_end: called after every transformer forward as
+                `callback(pipe, step, num_tokens, callback_kwargs)`; `callback_kwargs["tokens"]` holds the
+                body tokens decided so far (-1 where undecided). Read-only: tokens cannot be rewritten.
+            callback_on_step_end_tensor_inputs: names to pass in `callback_kwargs` (only "tokens").
+        """
+        height = self.config.default_size if height is None else height
+        width = self.config.default_size if width is None else width
+        prompts = self.check_inputs(
+            prompt, height, width, negative_prompt, num_images_per_prompt, guidance_scale, output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        max_grid = self.vocab.max_grid
+        h_lat, w_lat = self.image_processor.check_size(height, width, max_grid=max_grid)
+        layout = self.image_layout(h_lat, w_lat)
+
+        negatives = negative_prompt if isinstance(negative_prompt, (list, tuple)) else [negative_prompt] * len(prompts)
+        cond, uncond = [], []
+        for p, neg in zip(prompts, negatives):
+            c = self.encode_prompt(p, height, width)
+            u = self.encode_negative_prompt(neg, height, width)
+            cond += [c] * num_images_per_prompt
+            uncond += [u] * num_images_per_prompt
+        self.image_processor.check_size(
+            height, width, max_positions=self.transformer.config.max_position_embeddings,
+            prompt_length=max(len(c) for c in cond + uncond), max_grid=max_grid,
+        )
+
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["tokens"]
+        with self.progress_bar(total=layout.length) as bar:
+            done = [0]
+
+            def on_step(step: int, state) -> None:
+                now = min(state.num_accepted)
+                bar.update(now - done[0])
+                done[0] = now
+                if callback_on_step_end is not None:
+                    kwargs = {"tokens": state.body.clone()} if "tokens" in tensor_inputs else {}
+                    callback_on_step_end(self, step, now, kwargs)
+
+            result = decode_image_blocks(
+                self.transformer, self.scheduler, cond, uncond if guidance_scale != 1.0 else None, layout,
+                guidance_scale, pad_id=self.vocab.pad_id, generator=generator,
+                sampling={"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p},
+                on_step=on_step, device=self._execution_device,
+            )
+
+        header = self.image_header(height, width)
+        blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
+        if output_type == "tokens":
+            images = blocks
+        else:
+            lpg = self.image_processor.latents_per_grid
+            codes = torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
+            pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
+            images = self.image_processor.postprocess(pixels, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, blocks, result.num_forwards)
+        return LuminaMGPTPipelineOutput(images=images, tokens=blocks, num_forward_passes=result.num_forwards)
