@@ -196,7 +196,8 @@ class LuminaVocab:
                 f"image code {int(codes[tuple(bad)])} at index {tuple(bad)} is outside 0..{self.num_codes - 1}; "
                 "codes must come from this vocabulary's codebook"
             )
-        return self._code_ids.to(codes.device)[codes]
+        # index_select, not fancy indexing: the latter is ~1000x slower on small multi-threaded CPU runs
+        return self._code_ids.to(codes.device).index_select(0, codes.flatten()).view(codes.shape)
 
     def tokens_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Map image-code token ids (any shape) back to codes; ValueError names the first non-code position."""
@@ -205,8 +206,9 @@ class LuminaVocab:
             raise ValueError(f"token ids must be an integer tensor, got dtype {ids.dtype}")
         ids = ids.long()
         in_range = (ids >= 0) & (ids < self.vocab_size)
-        codes = torch.full_like(ids, -1)
-        codes[in_range] = self._token_to_code.to(ids.device)[ids[in_range]]
+        table = self._token_to_code.to(ids.device)
+        codes = table.index_select(0, ids.clamp(0, self.vocab_size - 1).flatten()).view(ids.shape)
+        codes = torch.where(in_range, codes, torch.full_like(codes, -1))
         if (codes < 0).any():
             pos = tuple((codes < 0).nonzero()[0].tolist())
             raise ValueError(
