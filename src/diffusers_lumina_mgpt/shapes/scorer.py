@@ -120,8 +120,11 @@ def classify_shape(component: np.ndarray, slack: int = 2) -> tuple[str, float]:
 
     Templates are drawn in the component's box grown by 0..`slack` px per axis at every offset,
     so shapes whose edges were eroded (JPEG, VQ reconstructions) still match their template.
+    Every shape has a square box, so an elongated component (aspect > 1.25, beyond `slack`) is "unknown".
     """
     h, w = component.shape
+    if max(w, h) > 1.25 * min(w, h) + slack:
+        return "unknown", 0.0
     best, best_iou = "unknown", 0.0
     for eh in range(slack + 1):
         for ew in range(slack + 1):
