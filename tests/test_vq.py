@@ -323,13 +323,3 @@ def test_pixels_to_uint8_is_truncation():
     assert out.shape == (6, 1, 3)
     assert out[:, 0, 0].tolist() == [0, 0, 127, 254, 255, 255]
 
-
-def test_docs_examples_run(monkeypatch):
-    """Every ```python block of docs/vq.md runs, in order, from the repository root."""
-    text = (REPO / "docs" / "vq.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks
-    monkeypatch.chdir(REPO)
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "docs/vq.md", "exec"), namespace)

@@ -87,7 +87,7 @@ def decode_image_blocks(
             tokens.to(device), position_ids=pos.to(device), cache_position=slots.to(device), kv_mask=kv_mask_d,
             logits_to_keep=keep,
         )
-        logits = out.logits[..., code_ids].float()  # (R, T, C): only codes are possible inside an image
+        logits = out.logits.index_select(-1, code_ids).float()  # (R, T, C): only codes are possible in an image
         return guided_logits(logits[:n], logits[n:] if use_cfg else None, guidance_scale)
 
     try:

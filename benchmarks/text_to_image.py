@@ -1,0 +1,181 @@
+"""Seconds and transformer forwards per image: AR vs Jacobi scheduler vs a Lumina-style baseline.
+
+The baseline is how Lumina-mGPT's own inference runs classifier-free guidance: transformers'
+`ChameleonForConditionalGeneration` with a `DynamicCache`, the unconditional context run as a second,
+unbatched forward with its own cache, every token (NEWLINE and EOI included) costing a forward.
+All three use the same random weights in the same process.
+
+    python benchmarks/text_to_image.py                      # ~106M params, 256 and 512 px, CPU
+    python benchmarks/text_to_image.py --sizes 256 --repeats 1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from diffusers_lumina_mgpt.pipelines import LuminaMGPTPipeline
+from diffusers_lumina_mgpt.schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
+from diffusers_lumina_mgpt.schedulers.sampling import logits_to_probs
+from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer
+
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "chameleon-tiny"
+PROMPT = "a red circle above a blue square"
+
+
+def build_pipeline(hidden: int, layers: int, heads: int, intermediate: int, dtype: torch.dtype, device: str):
+    """A random pipeline with Chameleon's token layout (the fixture tokenizer and VQGAN)."""
+    from transformers import AutoTokenizer
+
+    from diffusers_lumina_mgpt.vq_convert import load_meta_vqgan
+
+    tok = AutoTokenizer.from_pretrained(FIXTURE / "model")
+    torch.manual_seed(0)
+    transformer = LuminaMGPTTransformer(
+        vocab_size=len(tok) if len(tok) > 9088 else 9088, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=4400,
+    )
+    vq = load_meta_vqgan(FIXTURE / "tokenizer/vqgan.ckpt", FIXTURE / "tokenizer/vqgan.yaml")
+    pipe = LuminaMGPTPipeline(tok, transformer, vq, LuminaMGPTARScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+def to_transformers(transformer: LuminaMGPTTransformer):
+    """transformers' Chameleon with the same weights (for the baseline)."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    c = transformer.config
+    cfg = ChameleonConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
+        rms_norm_eps=c.rms_norm_eps, vocabulary_map={}, vq_config={},
+    )
+    p = next(transformer.parameters())
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(p.dtype)  # build in place, in the weights' dtype, on their device
+    try:
+        with torch.device(p.device):
+            model = ChameleonForConditionalGeneration(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    missing, unexpected = model.load_state_dict(transformer.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("model.vqmodel") for k in missing), (missing, unexpected)
+    return model.eval()
+
+
+@torch.inference_mode()
+def lumina_style_generate(
+    hf_model, pipe, height: int, width: int, guidance: float, top_k: int, seed: int, max_tokens: int | None = None
+):
+    """Lumina-mGPT's loop: cond and uncond forwards, each with its own DynamicCache, one token per step."""
+    from transformers import DynamicCache
+
+    device = next(hf_model.parameters()).device
+    cond = pipe.encode_prompt(PROMPT, height, width)[None].to(device)
+    uncond = pipe.encode_negative_prompt(None, height, width)[None].to(device)
+    layout = pipe.image_layout(height // 16, width // 16)
+    codes = torch.tensor(pipe.vocab.code_token_ids, device=device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    caches = [DynamicCache(), DynamicCache()]
+    inputs = [cond, uncond]
+    forwards, body = 0, []
+    for p in range(layout.length if max_tokens is None else min(max_tokens, layout.length)):
+        outs = []
+        for i in range(2):
+            out = hf_model.model(input_ids=inputs[i], past_key_values=caches[i], use_cache=True)
+            outs.append(hf_model.lm_head(out.last_hidden_state[:, -1]).float())
+            forwards += 1
+        forced = layout.forced(p)
+        if forced is None:
+            c, u = outs[0][:, codes], outs[1][:, codes]
+            probs = logits_to_probs(u + guidance * (c - u), top_k=top_k).cpu()
+            forced = int(codes[torch.multinomial(probs, 1, generator=g)])
+        body.append(forced)
+        nxt = torch.tensor([[forced]], device=device)
+        inputs = [nxt, nxt]
+    return body, forwards
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--intermediate", type=int, default=2304)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--top-k", type=int, nargs="+", default=[2000, 1])
+    ap.add_argument("--num-drafts", type=int, default=16)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--json", default="benchmarks/results/text_to_image.json")
+    args = ap.parse_args()
+
+    dtype = getattr(torch, args.dtype)
+    pipe = build_pipeline(args.hidden, args.layers, args.heads, args.intermediate, dtype, args.device)
+    n_params = sum(p.numel() for p in pipe.transformer.parameters())
+    hf = None if args.no_baseline else to_transformers(pipe.transformer)
+    rows = []
+    for sched in (LuminaMGPTARScheduler(), LuminaMGPTJacobiScheduler(num_drafts=args.num_drafts)):  # warm-up
+        pipe.scheduler = sched
+        pipe(PROMPT, height=32, width=32, output_type="tokens")
+    if hf is not None:
+        lumina_style_generate(hf, pipe, 32, 32, args.guidance, 2000, 0)
+    for size in args.sizes:
+        n_codes = (size // 16) ** 2
+        for top_k in args.top_k:
+            runs = {}
+            for name, sched in (("ar", LuminaMGPTARScheduler()),
+                                ("jacobi", LuminaMGPTJacobiScheduler(num_drafts=args.num_drafts))):
+                pipe.scheduler = sched
+                out, sec = timed(lambda: pipe(PROMPT, height=size, width=size, guidance_scale=args.guidance,
+                                              image_top_k=top_k, generator=torch.Generator().manual_seed(0),
+                                              output_type="tokens"), args.device)
+                runs[name] = (sec, out.num_forward_passes)
+            if hf is not None:
+                (_, fw), sec = timed(lambda: lumina_style_generate(hf, pipe, size, size, args.guidance, top_k, 0),
+                                     args.device)
+                runs["lumina_style"] = (sec, fw)
+            base = runs.get("lumina_style", runs["ar"])[0]
+            for name, (sec, fw) in runs.items():
+                rows.append({
+                    "size": size, "image_top_k": top_k, "method": name, "seconds": round(sec, 3),
+                    "forwards": fw, "forwards_per_code": round(fw / n_codes, 3),
+                    "speedup_vs_baseline": round(base / sec, 2),
+                })
+                print(f"{size:>4}px top_k={top_k:<5} {name:<13} {sec:8.2f} s  {fw:6d} forwards "
+                      f"({fw / n_codes:.3f}/code)  x{base / sec:.2f} vs baseline", flush=True)
+    meta = {"params": n_params, "device": args.device, "dtype": args.dtype, "guidance": args.guidance,
+            "num_drafts": args.num_drafts, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+    main()
