@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
 from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer
