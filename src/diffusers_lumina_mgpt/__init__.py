@@ -23,6 +23,12 @@ _LAZY: dict[str, str] = {
     "LuminaMGPTJacobiScheduler": ".schedulers",
     "LuminaMGPTPipeline": ".pipelines",
     "LuminaMGPTPipelineOutput": ".pipelines",
+    "LuminaMGPTEditPipeline": ".pipelines",
+    "LuminaMGPTEditPipelineOutput": ".pipelines",
+    "LuminaMGPTChatOutput": ".pipelines",
+    "ChatHistory": ".pipelines",
+    "OMNI_TASKS": ".pipelines",
+    "NO_EDIT_INSTRUCTION": ".pipelines",
 }
 
 __all__ = ["__version__", *_LAZY]
