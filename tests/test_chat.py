@@ -10,7 +10,7 @@ from diffusers_lumina_mgpt.image_tokens import decode_image_block
 from diffusers_lumina_mgpt.pipelines import ChatHistory, LuminaMGPTEditPipeline, LuminaMGPTPipeline, chat
 from diffusers_lumina_mgpt.pipelines.chat import ChatStream
 
-from test_pipeline_edit import BOI, BOS, EOT, block_of, enc, grid, naive_greedy_edit
+from test_pipeline_edit import BOI, BOS, EOT, block_of, enc, naive_greedy_edit
 
 
 @pytest.fixture(scope="module")

@@ -196,8 +196,8 @@ def as_history(pipe, history: Any, must_end_with: str | None = "gpt") -> ChatHis
         msgs = _as_messages(history)
         if any(IMAGE_PLACEHOLDER in m.value for m in msgs):
             raise ValueError(
-                f"a history given as a list of messages cannot carry images; pass a ChatHistory (e.g. "
-                f"`output.history`) or a record {{'conversations': [...], 'image': [...]}}"
+                "a history given as a list of messages cannot carry images; pass a ChatHistory (e.g. "
+                "`output.history`) or a record {'conversations': [...], 'image': [...]}"
             )
         return ChatHistory(msgs, []).validate(pipe, must_end_with)
     raise ValueError(
