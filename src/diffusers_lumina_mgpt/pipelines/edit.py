@@ -21,11 +21,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from diffusers.models import VQModel
 
 from ..image_tokens import decode_image_block
-from ..transformer import LuminaMGPTTransformer
-from ..vq import ChameleonVQModel, vq_decode_codes
+from ..vq import vq_decode_codes
 from .chat import IMAGE_PLACEHOLDER, ChatHistory, LuminaMGPTChatMixin, as_history, block_size, encode_images
 from .image_generation import decode_image_blocks
 from .tasks import NO_EDIT_INSTRUCTION, task_message
@@ -63,17 +61,6 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
     `pipe.denoise(image)` regenerates an image with less VQ noise; `pipe.chat(...)` /
     `pipe.understand(...)` answer with text (and images).
     """
-
-    def __init__(
-        self,
-        tokenizer,
-        transformer: LuminaMGPTTransformer,
-        vqvae: ChameleonVQModel | VQModel,
-        scheduler,
-        default_size: int = 512,
-    ):
-        # same components as LuminaMGPTPipeline; the type hints let `from_pipe` hand the models over
-        super().__init__(tokenizer, transformer, vqvae, scheduler, default_size=default_size)
 
     # ------------------------------------------------------------------ conversation
     def prepare_conversation(

@@ -10,15 +10,18 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.models import VQModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..conversation import ConversationTokenizer
 from ..image_processor import LuminaImageProcessor
 from ..image_tokens import decode_image_block
+from ..schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 from ..schedulers.image_decoding import ImageLayout
+from ..transformer import LuminaMGPTTransformer
 from ..vocab import LuminaVocab
-from ..vq import vq_decode_codes, vq_downsample_factor
+from ..vq import ChameleonVQModel, vq_decode_codes, vq_downsample_factor
 from .image_generation import decode_image_blocks
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
@@ -54,7 +57,15 @@ class LuminaMGPTPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["tokens"]
 
-    def __init__(self, tokenizer, transformer, vqvae, scheduler, default_size: int = 512):
+    def __init__(
+        self,
+        tokenizer,
+        transformer: LuminaMGPTTransformer,
+        vqvae: ChameleonVQModel | VQModel,
+        scheduler: LuminaMGPTARScheduler | LuminaMGPTJacobiScheduler,
+        default_size: int = 512,
+    ):
+        # the type hints let diffusers' `from_pipe` hand the models over to related pipelines
         super().__init__()
         self.register_modules(tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=scheduler)
         self.register_to_config(default_size=default_size)
