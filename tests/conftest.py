@@ -37,3 +37,24 @@ def tiny_pipe_dir(tmp_path_factory) -> Path:
     ])
     assert code == 0
     return out
+
+
+def naive_greedy_cfg(pipe, cond, uncond, h_lat: int, w_lat: int, guidance_scale: float) -> list[int]:
+    """Reference decoding: two explicit full forwards per token (cond, then uncond context), no cache.
+
+    Returns the greedy image-block body (codes, NEWLINEs, EOI) under `uncond + s * (cond - uncond)`.
+    """
+    import torch
+
+    tr, codes = pipe.transformer, torch.tensor(pipe.vocab.code_token_ids)
+    layout = pipe.image_layout(h_lat, w_lat)
+    body: list[int] = []
+    for p in range(layout.length):
+        tok = layout.forced(p)
+        if tok is None:
+            ext = torch.tensor(body, dtype=torch.long)
+            c = tr(torch.cat([cond, ext])[None]).logits[0, -1, codes]
+            u = tr(torch.cat([uncond, ext])[None]).logits[0, -1, codes]
+            tok = int(codes[torch.argmax(u + guidance_scale * (c - u))])
+        body.append(tok)
+    return body

@@ -13,6 +13,8 @@ from diffusers_lumina_mgpt.pipelines import (
 from diffusers_lumina_mgpt.pipelines.tasks import task_message
 from diffusers_lumina_mgpt.schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 from diffusers_lumina_mgpt.shapes.language import NOEDIT_INSTRUCTIONS
+
+from conftest import naive_greedy_cfg
 from diffusers_lumina_mgpt.vq import vq_encode_codes
 
 # Chameleon / Lumina-mGPT ids (facts file): BOS 0, BOI 8197, EOI 8196, EOT 8710, grid n = 8804 + n
@@ -103,19 +105,7 @@ def test_input_kinds_give_the_same_block(pipe, wide, tmp_path):
 
 def naive_greedy_edit(pipe, cond: torch.Tensor, h_lat: int, w_lat: int, s: float) -> list[int]:
     """Two explicit full forwards per token, no cache: cond context vs the image alone."""
-    tr, codes = pipe.transformer, torch.tensor(pipe.vocab.code_token_ids)
-    uncond = cond[-3:]
-    layout = pipe.image_layout(h_lat, w_lat)
-    body: list[int] = []
-    for p in range(layout.length):
-        tok = layout.forced(p)
-        if tok is None:
-            ext = torch.tensor(body, dtype=torch.long)
-            c = tr(torch.cat([cond, ext])[None]).logits[0, -1, codes]
-            u = tr(torch.cat([uncond, ext])[None]).logits[0, -1, codes]
-            tok = int(codes[torch.argmax(u + s * (c - u))])
-        body.append(tok)
-    return body
+    return naive_greedy_cfg(pipe, cond, cond[-3:], h_lat, w_lat, s)
 
 
 @pytest.mark.parametrize("scheduler", ["ar", "jacobi"])

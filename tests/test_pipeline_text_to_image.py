@@ -13,20 +13,14 @@ from diffusers_lumina_mgpt.image_tokens import decode_image_block
 from diffusers_lumina_mgpt.pipelines import LuminaMGPTPipeline
 from diffusers_lumina_mgpt.schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 
-from conftest import FIXTURE
+from conftest import FIXTURE, naive_greedy_cfg
 
 REFERENCE = json.loads((FIXTURE / "lumina_reference.json").read_text())["cases"]
 
 
 @pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipe")
-    code = cli([
-        "convert", "--model", str(FIXTURE / "model"), "--vqgan-ckpt", str(FIXTURE / "tokenizer/vqgan.ckpt"),
-        "--vqgan-config", str(FIXTURE / "tokenizer/vqgan.yaml"), "--out", str(out), "--default-size", "64",
-    ])
-    assert code == 0
-    return out
+def pipe_dir(tiny_pipe_dir):
+    return tiny_pipe_dir  # converted once per session with `lumina-mgpt convert` (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +67,9 @@ def test_lumina_layout_checkpoint_with_meta_tokenizer(tmp_path, pipe):
 
 
 def naive_greedy(pipe, prompt, height, width, guidance_scale):
-    """Explicit two-pass CFG without any cache: full forwards of cond and uncond contexts each step."""
-    tr, v = pipe.transformer, pipe.vocab
     cond = pipe.encode_prompt(prompt, height, width)
     uncond = pipe.encode_negative_prompt(None, height, width)
-    layout = pipe.image_layout(height // 16, width // 16)
-    codes = torch.tensor(v.code_token_ids)
-    body = []
-    for p in range(layout.length):
-        forced = layout.forced(p)
-        if forced is None:
-            ext = torch.tensor(body, dtype=torch.long)
-            c = tr(torch.cat([cond, ext])[None]).logits[0, -1, codes]
-            u = tr(torch.cat([uncond, ext])[None]).logits[0, -1, codes]
-            forced = int(codes[torch.argmax(u + guidance_scale * (c - u))])
-        body.append(forced)
-    return body
+    return naive_greedy_cfg(pipe, cond, uncond, height // 16, width // 16, guidance_scale)
 
 
 @pytest.mark.parametrize("scheduler", ["ar", "jacobi"])

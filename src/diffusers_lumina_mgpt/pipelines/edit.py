@@ -25,7 +25,6 @@ import torch
 from ..image_tokens import decode_image_block
 from ..vq import vq_decode_codes
 from .chat import IMAGE_PLACEHOLDER, ChatHistory, LuminaMGPTChatMixin, as_history, block_size, encode_images
-from .image_generation import decode_image_blocks
 from .tasks import NO_EDIT_INSTRUCTION, task_message
 from .text_to_image import LuminaMGPTPipeline, LuminaMGPTPipelineOutput
 
@@ -138,40 +137,17 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
             prompt_length=len(cond), max_grid=self.vocab.max_grid,
         )
 
-        tensor_inputs = callback_on_step_end_tensor_inputs or ["tokens"]
-        with self.progress_bar(total=layout.length) as bar:
-            done = [0]
-
-            def on_step(step: int, state) -> None:
-                now = min(state.num_accepted)
-                bar.update(now - done[0])
-                done[0] = now
-                if callback_on_step_end is not None:
-                    kwargs = {"tokens": state.body.clone()} if "tokens" in tensor_inputs else {}
-                    callback_on_step_end(self, step, now, kwargs)
-
-            result = decode_image_blocks(
-                self.transformer, self.scheduler, [cond] * num_images_per_prompt,
-                [uncond] * num_images_per_prompt if guidance_scale != 1.0 else None, layout, guidance_scale,
-                pad_id=self.vocab.pad_id, generator=generator,
-                sampling={"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p},
-                on_step=on_step, device=self._execution_device,
-            )
-
-        blocks = torch.cat([uncond.expand(result.body.shape[0], -1), result.body], dim=1)  # (N, block_length)
+        images, blocks, num_forwards = self.generate_image_blocks(
+            [cond] * num_images_per_prompt, [uncond] * num_images_per_prompt, layout, height, width,
+            guidance_scale, generator, {"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p},
+            output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
         histories = [conv.append("gpt", IMAGE_PLACEHOLDER, [b]) for b in blocks]
-        if output_type == "tokens":
-            images = blocks
-        else:
-            lpg = self.image_processor.latents_per_grid
-            codes = torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
-            pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
-            images = self.image_processor.postprocess(pixels, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (images, blocks, result.num_forwards, histories)
+            return (images, blocks, num_forwards, histories)
         return LuminaMGPTEditPipelineOutput(
-            images=images, tokens=blocks, num_forward_passes=result.num_forwards, histories=histories
+            images=images, tokens=blocks, num_forward_passes=num_forwards, histories=histories
         )
 
     # ------------------------------------------------------------------ no-edit denoising

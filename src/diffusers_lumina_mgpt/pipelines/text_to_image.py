@@ -202,6 +202,25 @@ class LuminaMGPTPipeline(DiffusionPipeline):
             prompt_length=max(len(c) for c in cond + uncond), max_grid=max_grid,
         )
 
+        images, blocks, num_forwards = self.generate_image_blocks(
+            cond, uncond, layout, height, width, guidance_scale, generator,
+            {"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p}, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, blocks, num_forwards)
+        return LuminaMGPTPipelineOutput(images=images, tokens=blocks, num_forward_passes=num_forwards)
+
+    def generate_image_blocks(
+        self, cond, uncond, layout, height, width, guidance_scale, generator, sampling, output_type,
+        callback_on_step_end=None, callback_on_step_end_tensor_inputs=None,
+    ) -> tuple[Any, torch.Tensor, int]:
+        """Decode one image block per conditional context (with a progress bar and the step callback).
+
+        `cond[i]` ends with `BOI, H, W`; `uncond[i]` is its unconditional context (unused when
+        `guidance_scale == 1`). Returns (images in `output_type`, blocks (N, block_length), forwards).
+        """
         tensor_inputs = callback_on_step_end_tensor_inputs or ["tokens"]
         with self.progress_bar(total=layout.length) as bar:
             done = [0]
@@ -216,21 +235,15 @@ class LuminaMGPTPipeline(DiffusionPipeline):
 
             result = decode_image_blocks(
                 self.transformer, self.scheduler, cond, uncond if guidance_scale != 1.0 else None, layout,
-                guidance_scale, pad_id=self.vocab.pad_id, generator=generator,
-                sampling={"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p},
+                guidance_scale, pad_id=self.vocab.pad_id, generator=generator, sampling=sampling,
                 on_step=on_step, device=self._execution_device,
             )
 
         header = self.image_header(height, width)
         blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
         if output_type == "tokens":
-            images = blocks
-        else:
-            lpg = self.image_processor.latents_per_grid
-            codes = torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
-            pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
-            images = self.image_processor.postprocess(pixels, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images, blocks, result.num_forwards)
-        return LuminaMGPTPipelineOutput(images=images, tokens=blocks, num_forward_passes=result.num_forwards)
+            return blocks, blocks, result.num_forwards
+        lpg = self.image_processor.latents_per_grid
+        codes = torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
+        pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
+        return self.image_processor.postprocess(pixels, output_type), blocks, result.num_forwards
