@@ -87,6 +87,8 @@ class ImageDecodeState:
     window_kind: torch.Tensor | None = None  # (B, T) proposal kind of each input
     window_probs: torch.Tensor | None = None  # (B, T, C) proposal distributions (kind _DIST)
     window_codes: torch.Tensor | None = None  # (B, T) code index of each drafted input (-1 otherwise)
+    last_probs: torch.Tensor | None = None  # (B, T, C) distributions of the last forward (Jacobi proposals)
+    last_first: int = 0  # body position predicted by last_probs[:, 0]
     num_forwards: int = 0
     accepted_drafts: int = 0
     proposed_drafts: int = 0
@@ -210,7 +212,7 @@ class ImageDecodingMixin:
                 # the last accepted token is fed again: its logits predict the next position
                 valid.append(m if n >= state.layout.length else min(m, n - 1))
             state.num_cached = max(state.num_cached, min(valid))
-        state._last_probs, state._last_first = probs, first
+        state.last_probs, state.last_first = probs, first
 
     # ----------------------------------------------------------------------------------------
     def window(self, state: ImageDecodeState) -> torch.Tensor:
@@ -224,7 +226,7 @@ class ImageDecodingMixin:
         kind = torch.full((B, T), _FINAL, dtype=torch.long)
         codes = torch.full((B, T), -1, dtype=torch.long)
         probs = torch.zeros(B, T, C) if self._num_drafts() else None
-        last_probs, last_first = state._last_probs, state._last_first
+        last_probs, last_first = state.last_probs, state.last_first
         draws = state.random.uniform(T)
         spatial = self._draft_init() == "spatial"
         for b in range(B):
