@@ -94,3 +94,15 @@ def test_eval_a_real_diffusers_pipeline_folder(tmp_path, capsys):
     assert "shapes eval" in capsys.readouterr().err  # the progress bar
     assert main(argv) == 0  # seeded per prompt: the same images again
     assert list(Image.open(sorted(images.glob("*.png"))[0]).getdata()) == list(first.getdata())
+
+
+def test_eval_a_lumina_mgpt_pipeline_folder(tiny_pipe_dir, tmp_path):
+    """Our own pipeline folders load through their `_class_name` and generate at the requested size."""
+    out, images = tmp_path / "scores.json", tmp_path / "images"
+    argv = ["eval", "shapes", "--model", str(tiny_pipe_dir), "--n", "1", "--seed", "0", "--families", "counting",
+            "--size", "64x32", "--json", str(out), "--save-images", str(images)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["families"]) == {"counting"} and result["size"] == [64, 32]
+    saved = sorted(images.glob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (64, 32)
