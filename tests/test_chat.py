@@ -40,6 +40,8 @@ class Recorder:
         self.inputs.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).clone())
 
     def _post(self, module, args, output):
+        if output.logits.shape[-1] != module.config.vocab_size:
+            return output  # image-body forwards return the code logits only (logits_token_ids)
         if self.always_boi:
             output.logits[..., self.v.boi_id] += 1e4
         if self.boi_at is None:

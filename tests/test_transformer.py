@@ -247,3 +247,23 @@ def test_logits_to_keep() -> None:
     with torch.no_grad():
         full, last = model(ids).logits, model(ids, logits_to_keep=3).logits
     assert last.shape == (2, 3, VOCAB) and torch.allclose(last, full[:, -3:], atol=1e-6)
+
+
+def test_logits_token_ids_selects_vocabulary_rows_and_follows_weight_updates():
+    torch.manual_seed(0)
+    model = LuminaMGPTTransformer(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=4).eval()
+    ids = torch.randint(0, 50, (2, 5))
+    subset = torch.tensor([7, 3, 40, 11])
+    with torch.no_grad():
+        full = model(ids).logits
+        part = model(ids, logits_token_ids=subset).logits
+        assert part.shape == (2, 5, 4)
+        torch.testing.assert_close(part, full[..., subset], rtol=0, atol=1e-5)
+        model.lm_head.weight[3].add_(1.0)  # an in-place update must not be served from the gathered copy
+        torch.testing.assert_close(model(ids, logits_token_ids=subset).logits, model(ids).logits[..., subset],
+                                   rtol=0, atol=1e-5)
+        other = torch.tensor([1, 2])
+        assert model(ids, logits_token_ids=other).logits.shape == (2, 5, 2)
+    with pytest.raises(ValueError, match="logits_token_ids"):
+        model(ids, labels=ids, logits_token_ids=subset)

@@ -317,6 +317,19 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
 
     def delete_cache(self) -> None:
         self.kv_cache = None
+        self._lm_head_subset = None
+
+    def _lm_head_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """lm_head rows of `token_ids` (K, hidden), gathered once and reused while ids and weight are unchanged."""
+        weight = self.lm_head.weight
+        if torch.is_grad_enabled():
+            return weight.index_select(0, token_ids.to(weight.device))
+        cached = getattr(self, "_lm_head_subset", None)
+        version = (weight.data_ptr(), weight._version, weight.dtype)
+        if cached is None or cached[1] != version or not torch.equal(cached[0], token_ids.to(cached[0].device)):
+            ids = token_ids.to(weight.device)
+            self._lm_head_subset = cached = (ids.clone(), version, weight.index_select(0, ids))
+        return cached[2]
 
     # ------------------------------------------------------------ fused weights
     @torch.no_grad()
@@ -377,6 +390,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
+        logits_token_ids: torch.LongTensor | None = None,
         return_dict: bool = True,
     ) -> LuminaMGPTTransformerOutput | tuple:
         """Logits (float32) for `input_ids` (B, T); see the module docstring for the cached / uncached modes.
@@ -385,6 +399,8 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         count real tokens only, so a left-padded row gets the positions it would have alone.
         Cached: `cache_position` (T,) are the slots written; `position_ids` (B, T) default to them;
         `kv_mask` (B, max_seq_len) bool says which slots each row may see.
+        `logits_token_ids` (K,): return logits for these vocabulary entries only, (B, T', K), in that order
+        (decoding inside an image needs the image codes alone: 8192 of 65536 lm_head rows).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
@@ -436,12 +452,17 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         x = self.model.norm(x)
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(x).float()  # (B, T', vocab)
+        if logits_token_ids is None:
+            logits = self.lm_head(x).float()  # (B, T', vocab)
+        else:
+            logits = linear(x, self._lm_head_rows(logits_token_ids)).float()  # (B, T', K)
 
         loss = None
         if labels is not None:
-            if logits_to_keep > 0:
-                raise ValueError("labels need logits for every position: leave logits_to_keep at 0.")
+            if logits_to_keep > 0 or logits_token_ids is not None:
+                raise ValueError(
+                    "labels need logits for every position and token: leave logits_to_keep and logits_token_ids unset."
+                )
             loss = causal_lm_loss(logits, labels, self.config.z_loss_weight)
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)

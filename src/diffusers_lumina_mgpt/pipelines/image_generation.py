@@ -85,9 +85,9 @@ def decode_image_blocks(
     def run(tokens: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, keep: int) -> torch.Tensor:
         out = transformer(
             tokens.to(device), position_ids=pos.to(device), cache_position=slots.to(device), kv_mask=kv_mask_d,
-            logits_to_keep=keep,
+            logits_to_keep=keep, logits_token_ids=code_ids,  # only codes are possible inside an image
         )
-        logits = out.logits.index_select(-1, code_ids).float()  # (R, T, C): only codes are possible in an image
+        logits = out.logits  # (R, T, C) float32
         return guided_logits(logits[:n], logits[n:] if use_cfg else None, guidance_scale)
 
     try:
