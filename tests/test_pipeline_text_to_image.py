@@ -188,3 +188,13 @@ def test_generate_cli_writes_png_with_settings(pipe_dir, tmp_path, capsys):
     assert image.size == (64, 32) and settings["seed"] == 3 and settings["scheduler"] == "jacobi"
     assert cli(["generate", "x", "--model", str(tmp_path), "-o", str(out)]) == 2
     assert "model_index.json" in capsys.readouterr().err
+
+
+def test_vocab_follows_a_swapped_tokenizer(pipe_dir):
+    from transformers import AutoTokenizer
+
+    p = LuminaMGPTPipeline.from_pretrained(pipe_dir)
+    first = p.vocab
+    assert p.vocab is first and p.conversation.vocab is first
+    p.tokenizer = AutoTokenizer.from_pretrained(pipe_dir / "tokenizer")
+    assert p.vocab is not first and p.vocab == first and p.conversation.tokenizer is p.tokenizer

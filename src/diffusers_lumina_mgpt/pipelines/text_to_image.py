@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -71,13 +70,19 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         self.register_to_config(default_size=default_size)
 
     # ------------------------------------------------------------------ derived helpers
-    @cached_property
+    @property
     def vocab(self) -> LuminaVocab:
-        return LuminaVocab.from_tokenizer(self.tokenizer)
+        """Special ids and the code <-> token mapping, read from the tokenizer (rebuilt if it is swapped)."""
+        if getattr(self, "_vocab_for", None) is not self.tokenizer:
+            self._vocab = LuminaVocab.from_tokenizer(self.tokenizer)
+            self._conversation = ConversationTokenizer(self.tokenizer, self._vocab)
+            self._vocab_for = self.tokenizer
+        return self._vocab
 
-    @cached_property
+    @property
     def conversation(self) -> ConversationTokenizer:
-        return ConversationTokenizer(self.tokenizer, self.vocab)
+        self.vocab  # noqa: B018  (builds both for the current tokenizer)
+        return self._conversation
 
     @property
     def image_processor(self) -> LuminaImageProcessor:
