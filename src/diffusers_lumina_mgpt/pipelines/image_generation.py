@@ -65,7 +65,7 @@ def decode_image_blocks(
     max_window = L + getattr(scheduler.config, "num_drafts", 0) + 1
     total = prefix + max_window
     limit = transformer.config.max_position_embeddings
-    longest = max(len(r) for r in rows) + L
+    longest = prefix + L
     if longest > limit:
         raise ValueError(
             f"prompt ({longest - L} tokens) plus image block ({L} tokens) needs {longest} positions but the "

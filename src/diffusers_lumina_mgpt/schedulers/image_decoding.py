@@ -28,7 +28,8 @@ each token follows exactly the distribution plain sampling would give.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -66,12 +67,21 @@ class ImageLayout:
             return self.newline_id
         return None
 
+    @cached_property
+    def token_to_code(self) -> torch.Tensor:
+        """(max code token id + 1,) code index of each token id, -1 for tokens that are not codes."""
+        lookup = torch.full((int(self.code_token_ids.max()) + 1,), -1, dtype=torch.long)
+        lookup[self.code_token_ids.cpu()] = torch.arange(self.num_codes)
+        return lookup
+
+    def code_of(self, token: int) -> int:
+        """Code index of a token id, or -1 when it is not a code (or undecided, < 0)."""
+        return int(self.token_to_code[token]) if 0 <= token < len(self.token_to_code) else -1
+
     def codes_grid(self, body: torch.Tensor) -> torch.Tensor:
         """Body token ids (B, L) -> code indices (B, h, w)."""
         grid = body[:, : self.length - 1].reshape(-1, self.height, self.width + 1)[:, :, : self.width]
-        lookup = torch.full((int(self.code_token_ids.max()) + 1,), -1, dtype=torch.long)
-        lookup[self.code_token_ids.cpu()] = torch.arange(self.num_codes)
-        return lookup[grid.cpu()]
+        return self.token_to_code[grid.cpu()]
 
 
 @dataclass
@@ -90,9 +100,6 @@ class ImageDecodeState:
     last_probs: torch.Tensor | None = None  # (B, T, C) distributions of the last forward (Jacobi proposals)
     last_first: int = 0  # body position predicted by last_probs[:, 0]
     num_forwards: int = 0
-    accepted_drafts: int = 0
-    proposed_drafts: int = 0
-    history: list[int] = field(default_factory=list)  # tokens accepted per step (min over rows)
 
     @property
     def finished(self) -> bool:
@@ -144,7 +151,6 @@ class ImageDecodingMixin:
         n_in = 0 if state.window_tokens is None else state.window_tokens.shape[1]
         uniforms = state.random.uniform(2 * T + 2)  # (B, ...) one stream per row, consumed in order
         state.num_forwards += 1
-        before = min(state.num_accepted)
         for b in range(B):
             p, k = state.num_accepted[b], 0
             while p < lay.length and 0 <= p - first < T:
@@ -160,10 +166,8 @@ class ImageDecodingMixin:
                     if is_input and kind != _FINAL:
                         x = int(state.window_codes[b, w])
                         pd = self._proposal(state, b, w, kind)
-                        state.proposed_drafts += 1
                         if uniforms[b, k] * pd[x] < q[x]:
                             code = x
-                            state.accepted_drafts += 1
                         else:
                             residual = (q - pd).clamp_min(0.0)
                             if float(residual.sum()) <= 0.0:
@@ -183,7 +187,6 @@ class ImageDecodingMixin:
                 p += 1
             state.num_accepted[b] = p
         self._advance_cache(state, probs, first)
-        state.history.append(min(state.num_accepted) - before)
 
     def _proposal(self, state: ImageDecodeState, b: int, w: int, kind: int) -> torch.Tensor:
         C = state.layout.num_codes
@@ -252,7 +255,7 @@ class ImageDecodingMixin:
                     above_tok = -1
                     if spatial and above >= 0:
                         above_tok = int(state.body[b, above]) if above < n else int(tokens[b, above - start]) if above >= start else -1
-                    code = self._code_of(lay, above_tok)
+                    code = lay.code_of(above_tok)
                     if code >= 0:
                         kind[b, w] = _DELTA
                     else:
@@ -263,10 +266,3 @@ class ImageDecodingMixin:
         state.window_start, state.window_tokens = start, tokens
         state.window_kind, state.window_codes, state.window_probs = kind, codes, probs
         return tokens
-
-    @staticmethod
-    def _code_of(lay: ImageLayout, token: int) -> int:
-        if token < 0:
-            return -1
-        hit = (lay.code_token_ids == token).nonzero()
-        return int(hit[0, 0]) if hit.numel() else -1
