@@ -37,7 +37,7 @@ from ..conversation import Message, _as_messages
 from ..image_processor import load_image
 from ..image_tokens import decode_image_block, encode_image_block, image_block_length
 from ..schedulers.sampling import RowRandom, logits_to_probs, sample_with_uniform
-from ..vq import vq_decode_codes, vq_encode_codes
+from ..vq import vq_encode_codes
 from .image_generation import decode_image_blocks
 
 IMAGE_PLACEHOLDER = "<|image|>"
@@ -114,13 +114,8 @@ def decode_blocks(pipe, blocks: Sequence[torch.Tensor], output_type: str) -> lis
         raise ValueError(f"`output_type` must be one of {CHAT_OUTPUT_TYPES}, got {output_type!r}")
     if output_type == "tokens":
         return list(blocks)
-    lpg = pipe.image_processor.latents_per_grid
-    out = []
-    for block in blocks:
-        codes = decode_image_block(block, pipe.vocab, latents_per_grid=lpg)[None]
-        pixels = vq_decode_codes(pipe.vqvae, codes.to(pipe._execution_device))
-        out.append(pipe.image_processor.postprocess(pixels, output_type)[0])
-    return out
+    # one block at a time: the images of a conversation may have different sizes
+    return [pipe.decode_image_tokens([block], output_type)[0] for block in blocks]
 
 
 # --------------------------------------------------------------------------------------- history

@@ -22,8 +22,6 @@ import PIL.Image
 import torch
 
 
-from ..image_tokens import decode_image_block
-from ..vq import vq_decode_codes
 from .chat import IMAGE_PLACEHOLDER, ChatHistory, LuminaMGPTChatMixin, as_history, block_size, encode_images
 from .tasks import NO_EDIT_INSTRUCTION, task_message
 from .text_to_image import LuminaMGPTPipeline, LuminaMGPTPipelineOutput
@@ -168,6 +166,4 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
         block = encode_images(self, image)
         if len(block) != 1:
             raise ValueError(f"reconstruct takes one image, got {len(block)}")
-        codes = decode_image_block(block[0], self.vocab, latents_per_grid=self.image_processor.latents_per_grid)
-        pixels = vq_decode_codes(self.vqvae, codes[None].to(self._execution_device))
-        return self.image_processor.postprocess(pixels, output_type)
+        return self.decode_image_tokens(block, output_type)

@@ -248,7 +248,11 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
         if output_type == "tokens":
             return blocks, blocks, result.num_forwards
+        return self.decode_image_tokens(blocks, output_type), blocks, result.num_forwards
+
+    def decode_image_tokens(self, blocks, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """Image token blocks of one size (validated) -> images through the `vqvae` ("pil", "np" or "pt")."""
         lpg = self.image_processor.latents_per_grid
         codes = torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
         pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
-        return self.image_processor.postprocess(pixels, output_type), blocks, result.num_forwards
+        return self.image_processor.postprocess(pixels, output_type)
