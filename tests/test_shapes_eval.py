@@ -4,6 +4,7 @@ real diffusers StableDiffusionPipeline with tiny random weights saved to a folde
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import string
 import sys
 
@@ -35,10 +36,17 @@ def test_eval_ground_truth_cli(tmp_path, capsys):
     assert set(json.loads(out.read_text())["families"]) == {"counting", "position"}
 
 
-def test_eval_without_model_says_so(tmp_path, capsys):
+def test_eval_without_model_uses_the_default_or_says_so(tmp_path, capsys, monkeypatch):
+    import diffusers_lumina_mgpt
+    from diffusers_lumina_mgpt.default_model import resolve_model
+
+    assert resolve_model("x") == "x"
+    if (Path(diffusers_lumina_mgpt.DEFAULT_MODEL) / "model_index.json").is_file():
+        assert resolve_model(None) == diffusers_lumina_mgpt.DEFAULT_MODEL
+    monkeypatch.setattr(diffusers_lumina_mgpt, "DEFAULT_MODEL", str(tmp_path / "absent"))
     assert main(["eval", "shapes", "--n", "1"]) == 2
     err = capsys.readouterr().err
-    assert "no default ShapesWorld model is shipped yet" in err and "--model" in err
+    assert "no default model" in err and "--model" in err
     assert main(["eval", "shapes", "--model", str(tmp_path), "--n", "1"]) == 2
     assert "model_index.json" in capsys.readouterr().err
 

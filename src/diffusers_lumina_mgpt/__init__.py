@@ -7,9 +7,13 @@ optional parts (demo, shapes) never load torch-heavy modules they do not need.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The shipped ShapesWorld model: a diffusers pipeline folder inside the package (see docs/default-model.md).
+DEFAULT_MODEL: str = str(Path(__file__).resolve().parent / "models" / "shapesworld")
 
 # public name -> module (relative to this package) that defines it
 _LAZY: dict[str, str] = {
@@ -31,7 +35,7 @@ _LAZY: dict[str, str] = {
     "NO_EDIT_INSTRUCTION": ".pipelines",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["DEFAULT_MODEL", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -24,13 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--scheduler", choices=["ar", "jacobi"], default="ar", help="default decoding scheduler")
     conv.set_defaults(func=_convert)
 
-    gen = subparsers.add_parser("generate", help="generate an image from a prompt with a pipeline folder")
+    gen = subparsers.add_parser(
+        "generate", help="generate an image from a prompt (default: the shipped ShapesWorld model)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog='example: lumina-mgpt generate "a red circle to the left of a blue square" -o out.png')
     gen.add_argument("prompt")
-    gen.add_argument("--model", required=True, help="LuminaMGPTPipeline folder (see `lumina-mgpt convert`)")
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--width", type=int)
+    gen.add_argument("--model", help="LuminaMGPTPipeline folder (see `lumina-mgpt convert`); default: the shipped "
+                                     "ShapesWorld model (diffusers_lumina_mgpt.DEFAULT_MODEL)")
+    gen.add_argument("--height", type=int, help="default: the model's default size")
+    gen.add_argument("--width", type=int, help="default: the model's default size")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--scheduler", choices=["ar", "jacobi"], default="ar")
+    gen.add_argument("--scheduler", choices=["ar", "jacobi"], help="default: the scheduler saved in the folder")
     gen.add_argument("--guidance-scale", type=float, default=3.0)
     gen.add_argument("--image-top-k", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
@@ -62,6 +66,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipelines import LuminaMGPTPipeline
     from .schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 
+    from .default_model import resolve_model
+
+    args.model = resolve_model(args.model)
     if not (Path(args.model) / "model_index.json").is_file():
         raise FileNotFoundError(f"{args.model} is not a pipeline folder (no model_index.json); run `lumina-mgpt convert`")
     if not args.output.lower().endswith(".png"):
@@ -70,7 +77,7 @@ def _generate(args: argparse.Namespace) -> int:
     pipe = LuminaMGPTPipeline.from_pretrained(args.model, **({"torch_dtype": dtype} if dtype else {}))
     if args.scheduler == "jacobi":
         pipe.scheduler = LuminaMGPTJacobiScheduler.from_config(pipe.scheduler.config, num_drafts=args.num_drafts)
-    else:
+    elif args.scheduler == "ar":
         pipe.scheduler = LuminaMGPTARScheduler.from_config(pipe.scheduler.config)
     pipe.to(args.device)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -82,7 +89,8 @@ def _generate(args: argparse.Namespace) -> int:
     image = out.images[0]
     settings = {
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "height": image.height,
-        "width": image.width, "seed": args.seed, "scheduler": args.scheduler, "guidance_scale": args.guidance_scale,
+        "width": image.width, "seed": args.seed, "scheduler": type(pipe.scheduler).__name__,
+        "guidance_scale": args.guidance_scale,
         "image_top_k": args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k,
         "temperature": args.temperature if args.temperature is not None else pipe.scheduler.config.temperature,
         "model": str(args.model), "num_forward_passes": out.num_forward_passes,

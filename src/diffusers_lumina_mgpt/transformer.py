@@ -492,12 +492,18 @@ def _attention_backends(device: torch.device, cached: bool):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 0.0) -> torch.Tensor:
-    """Mean over supervised positions (labels != -100, shifted by one) of CE + z_loss_weight * logsumexp^2."""
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Mean (or, with reduction="sum", sum) over supervised positions (labels != -100, shifted by one)
+    of CE + z_loss_weight * logsumexp^2. Training sums and divides by the global batch's supervised
+    count, so gradient accumulation and several processes weigh every token alike."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     shift_logits = logits[:, :-1].float()  # (B, T-1, V)
     shift_labels = labels[:, 1:].to(logits.device)
     supervised = shift_labels != IGNORE_INDEX
-    count = supervised.sum().clamp(min=1)
+    count = supervised.sum().clamp(min=1) if reduction == "mean" else 1
     ce = F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )

@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.set_defaults(func=_calibrate)
 
     ev = eval_subparsers(subparsers).add_parser("shapes", help="GenEval-style ShapesWorld scores of a pipeline")
-    ev.add_argument("--model", help="pipeline folder (ours or any diffusers text-to-image pipeline)")
+    ev.add_argument("--model", help="pipeline folder (ours or any diffusers text-to-image pipeline; "
+                                    "default: the shipped ShapesWorld model)")
     ev.add_argument("--ground-truth", action="store_true", help="score the ground-truth renders (checks the scorer)")
     ev.add_argument("--n", type=int, default=10, help="prompts per family (and per held-out family)")
     ev.add_argument("--seed", type=int, default=0)
@@ -83,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="load the pipeline in this dtype")
     ev.add_argument("--num-inference-steps", type=int, help="passed to the pipeline call if given")
     ev.add_argument("--guidance-scale", type=float, help="passed to the pipeline call if given")
+    ev.add_argument("--image-top-k", type=int, help="image_top_k passed to our pipelines if given")
+    ev.add_argument("--task", default="t2i", choices=[*TASKS],
+                    help="t2i scores text-to-image by prompt family; the others replay ShapesWorld Omni records "
+                         "(caption, vqa, edit, multiedit, segmentation, depth, noedit) through LuminaMGPTEditPipeline")
     ev.add_argument("--save-images", help="also save every generated image in this folder")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
@@ -156,8 +161,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.model and args.ground_truth:
         raise ValueError("pass either --model DIR or --ground-truth, not both")
+    if args.task != "t2i":
+        return _eval_task(args)
     call_kwargs = {k: v for k, v in (("num_inference_steps", args.num_inference_steps),
-                                     ("guidance_scale", args.guidance_scale)) if v is not None}
+                                     ("guidance_scale", args.guidance_scale), ("image_top_k", args.image_top_k))
+                   if v is not None}
     result = evaluate_shapes(args.model, n=args.n, seed=args.seed, families=args.families, size=args.size,
                              ground_truth=args.ground_truth, device=args.device, dtype=args.dtype,
                              call_kwargs=call_kwargs, progress=not args.no_progress, image_dir=args.save_images)
@@ -172,4 +180,30 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"    {fam:12s} {acc:.3f}")
         print(f"    {'overall':12s} {result['heldout']['overall']:.3f}")
     _write_json(args.json, result)
+    return 0
+
+
+def _eval_task(args: argparse.Namespace) -> int:
+    from ..default_model import resolve_model
+    from .evaluate import load_pipeline
+    from .task_eval import evaluate_tasks
+
+    args.model = resolve_model(args.model)
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    if not hasattr(pipe, "vocab"):
+        raise ValueError(f"--task {args.task} needs a Lumina-mGPT pipeline folder; {args.model} holds "
+                         f"{type(pipe).__name__}")
+    from ..pipelines import LuminaMGPTEditPipeline
+
+    pipe = LuminaMGPTEditPipeline.from_pipe(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
+    result = evaluate_tasks(pipe, [args.task], args.n, args.seed, guidance, args.image_top_k,
+                            progress=not args.no_progress, image_dir=args.save_images)
+    row = result[args.task]
+    print(f"ShapesWorld {args.task} scores of {args.model} ({args.n} records, seed {args.seed}, guidance {guidance})")
+    for key, value in row.items():
+        print(f"  {key:20s} {value if not isinstance(value, float) else f'{value:.3f}'}")
+    _write_json(args.json, {"model": str(args.model), "task": args.task, "n": args.n, "seed": args.seed,
+                            "guidance_scale": guidance, "image_top_k": args.image_top_k, **row})
     return 0

@@ -148,10 +148,10 @@ def evaluate_shapes(model: str | Path | None, n: int = 10, seed: int = 0, famili
     items = make_prompt_items(families, n, seed)
     if ground_truth:
         generate, source = ground_truth_generator(size), "ground-truth renders"
-    elif model is None:
-        raise ValueError("no default ShapesWorld model is shipped yet; pass --model DIR (a pipeline folder) "
-                         "or --ground-truth to score the renders themselves")
     else:
+        from ..default_model import resolve_model
+
+        model = resolve_model(model)
         pipe = load_pipeline(model, device, dtype)
         generate, source = pipeline_generator(pipe, size, call_kwargs, device), str(model)
     result = evaluate_prompts(generate, items, progress, image_dir)

@@ -1,0 +1,125 @@
+"""`lumina-mgpt edit` and `lumina-mgpt chat`: image-to-image (Omni tasks) and conversation from the shell.
+
+Both use `LuminaMGPTEditPipeline` over a pipeline folder (default: the shipped ShapesWorld model).
+`chat` answers one message when given one, else reads messages from stdin, one per line, streaming
+each answer; `/image PATH` attaches an image to the next message and `/reset` clears the history.
+Image answers are written as `chat-N.png` beside `--out-dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    ed = subparsers.add_parser(
+        "edit", help="edit an image or run an Omni task on it (depth, segmentation, no-edit denoise, ...)",
+        formatter_class=fmt,
+        epilog='example: lumina-mgpt edit scene.png "Make the red circle blue." -o edited.png')
+    ed.add_argument("image", help="input image file")
+    ed.add_argument("prompt", nargs="?", help="the instruction (task edit), object (detection) or caption (condition)")
+    ed.add_argument("--task", default="edit", help="edit, segmentation, depth, surface_normal, pose, detection, "
+                                                   "condition, or denoise (no-edit denoising)")
+    ed.add_argument("--model", help="pipeline folder (default: the shipped ShapesWorld model)")
+    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--guidance-scale", type=float, default=1.0)
+    ed.add_argument("--image-top-k", type=int)
+    ed.add_argument("-o", "--output", required=True, help="PNG file to write")
+    ed.set_defaults(func=_edit)
+
+    ch = subparsers.add_parser("chat", help="talk with the model about images (streamed text)", formatter_class=fmt,
+                               epilog='example: lumina-mgpt chat "What is in this image? <|image|>" --image scene.png')
+    ch.add_argument("message", nargs="?", help="one message to answer (default: read messages from stdin)")
+    ch.add_argument("--image", action="append", default=[], help="image(s) for the message (repeatable)")
+    ch.add_argument("--model", help="pipeline folder (default: the shipped ShapesWorld model)")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--text-top-k", type=int, default=1, help="1 = greedy answers")
+    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.add_argument("--out-dir", default=".", help="where image answers are written")
+    ch.set_defaults(func=_chat)
+
+
+def _load(model: str | None):
+    from .default_model import resolve_model
+    from .pipelines import LuminaMGPTEditPipeline
+
+    path = resolve_model(model)
+    if not (Path(path) / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json)")
+    pipe = LuminaMGPTEditPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _image(path: str):
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        return Image.open(path).convert("RGB")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable image ({err})") from err
+
+
+def _edit(args: argparse.Namespace) -> int:
+    import torch
+
+    if not args.output.lower().endswith(".png"):
+        raise ValueError(f"--output must be a .png file, got {args.output}")
+    image = _image(args.image)
+    pipe = _load(args.model)
+    generator = torch.Generator().manual_seed(args.seed)
+    common = {"generator": generator, "guidance_scale": args.guidance_scale, "image_top_k": args.image_top_k}
+    if args.task == "denoise":
+        out = pipe.denoise(image, **common)
+    else:
+        out = pipe(image=image, prompt=args.prompt, task=args.task, **common)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    out.images[0].save(args.output)
+    print(f"wrote {args.output} ({out.num_forward_passes} forward passes)")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import torch
+
+    pipe = _load(args.model)
+    generator = torch.Generator().manual_seed(args.seed)
+    out_dir = Path(args.out_dir)
+    history, pending, saved = None, [_image(p) for p in args.image], 0
+
+    def answer(message: str) -> None:
+        nonlocal history, pending, saved
+        if pending and "<|image|>" not in message:
+            message = message + " <|image|>" * len(pending)
+        stream = pipe.chat(message, images=pending or None, history=history, text_top_k=args.text_top_k,
+                           max_new_tokens=args.max_new_tokens, generator=generator, stream=True)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        result = stream.result
+        for image in result.images or []:
+            saved += 1
+            out_dir.mkdir(parents=True, exist_ok=True)
+            image.save(out_dir / f"chat-{saved}.png")
+            print(f" [image: {out_dir / f'chat-{saved}.png'}]", end="")
+        print()
+        history, pending = result.history, []
+
+    if args.message is not None:
+        answer(args.message)
+        return 0
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/image "):
+            pending.append(_image(line.split(" ", 1)[1].strip()))
+        elif line == "/reset":
+            history, pending = None, []
+        else:
+            answer(line)
+    return 0

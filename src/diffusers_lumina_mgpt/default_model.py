@@ -1,0 +1,22 @@
+"""The shipped default model: where it lies and how commands fall back to it.
+
+`diffusers_lumina_mgpt.DEFAULT_MODEL` is a diffusers pipeline folder inside the package, a small
+Lumina-mGPT trained on ShapesWorld by `examples/shapesworld/default.yaml` (docs/default-model.md).
+Commands that take `--model` use it when none is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def resolve_model(model: str | Path | None) -> str:
+    """`model`, or the shipped default model when it is None (ValueError if this install has none)."""
+    if model is not None:
+        return str(model)
+    from . import DEFAULT_MODEL
+
+    if not (Path(DEFAULT_MODEL) / "model_index.json").is_file():
+        raise ValueError(f"this install has no default model (expected at {DEFAULT_MODEL}); pass --model DIR "
+                         "(a pipeline folder, e.g. from `lumina-mgpt convert`)")
+    return DEFAULT_MODEL

@@ -1,0 +1,190 @@
+"""Pre-tokenised data out: verified memory-mapped shards, mixtures, length-grouped batches, collation.
+
+Batches are a pure function of (seed, stage, step): each dataset of a stage's mixture contributes a
+fixed number of rows per step (its ratio of the global batch), read from a per-epoch permutation at
+a cursor `step * count`; the global batch is sorted by length and cut into micro-batches, and
+process `r` of `W` takes micro-batches `r, r + W, ...`. So the data position of a run is its step,
+a resumed run sees exactly the batches it would have seen, and 1 or N processes see the same global
+batch. Prompt dropout (for classifier-free guidance) is drawn per row from the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..conversation import IGNORE_INDEX
+from .pretokenize import FORMAT_VERSION, MANIFEST
+
+
+class CorruptDataError(ValueError):
+    """Pre-tokenised data that is missing, truncated or altered."""
+
+
+class PretokenizedDataset:
+    """Rows of a `pretokenize` output folder, memory-mapped; every shard verified on open."""
+
+    def __init__(self, folder: str | Path, verify: bool = True):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            raise CorruptDataError(f"{self.folder} has no {MANIFEST}: pre-tokenisation did not finish; "
+                                   "re-run `lumina-mgpt pretokenize` with the same arguments to complete it")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CorruptDataError(f"{path} is corrupt ({err}); re-run pretokenize into a new folder") from err
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise CorruptDataError(f"{self.folder} has data format {self.manifest.get('format')}, this version reads "
+                                   f"{FORMAT_VERSION}; re-run pretokenize")
+        self.ids: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        offsets, self.tasks = [], []
+        for shard in self.manifest["shards"]:
+            file = self.folder / shard["file"]
+            if not file.is_file():
+                raise CorruptDataError(f"{file} is missing; re-run pretokenize with the same arguments to rebuild it")
+            if verify and _sha256(file) != shard["sha256"]:
+                raise CorruptDataError(f"{file} is corrupt or truncated (sha256 mismatch); delete it and its .json "
+                                       "sidecar, then re-run pretokenize with the same arguments")
+            try:
+                with safe_open(str(file), "np") as f:
+                    ids, labels, off = f.get_tensor("input_ids"), f.get_tensor("labels"), f.get_tensor("offsets")
+            except Exception as err:  # safetensors raises its own error types for bad headers
+                raise CorruptDataError(f"{file} cannot be read ({err}); delete it and re-run pretokenize") from err
+            if len(off) != shard["rows"] + 1 or int(off[-1]) != len(ids) or len(ids) != len(labels):
+                raise CorruptDataError(f"{file} does not match its manifest entry; re-run pretokenize")
+            for k in range(shard["rows"]):
+                offsets.append((len(self.ids), int(off[k]), int(off[k + 1])))
+            self.ids.append(ids)
+            self.labels.append(labels)
+            self.tasks += shard["tasks"]
+        self.index = np.array(offsets, dtype=np.int64).reshape(-1, 3)  # (rows, [shard, start, end])
+        self.lengths = self.index[:, 2] - self.index[:, 1]
+        if len(self) == 0:
+            raise CorruptDataError(f"{self.folder} holds no rows (every record was skipped; see skipped.jsonl)")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s, a, b = self.index[i]
+        return self.ids[s][a:b], self.labels[s][a:b]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mixture_counts(ratios: list[float], batch_size: int) -> list[int]:
+    """Rows per step of each dataset: largest-remainder rounding of ratio * batch, each at least 1."""
+    total = float(sum(ratios))
+    if total <= 0 or any(r < 0 for r in ratios):
+        raise ValueError(f"mixture ratios must be non-negative with a positive sum, got {ratios}")
+    if batch_size < len(ratios):
+        raise ValueError(f"batch_size {batch_size} is smaller than the number of datasets ({len(ratios)})")
+    exact = [r / total * batch_size for r in ratios]
+    counts = [max(1, int(e)) for e in exact]
+    order = sorted(range(len(ratios)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    k = 0
+    while sum(counts) < batch_size:
+        counts[order[k % len(order)]] += 1
+        k += 1
+    while sum(counts) > batch_size:
+        i = max(range(len(counts)), key=lambda j: counts[j] - exact[j])
+        counts[i] -= 1
+    return counts
+
+
+@dataclass
+class Row:
+    ids: np.ndarray
+    labels: np.ndarray
+
+
+class MixtureBatches:
+    """Global batches of a stage (see the module docstring)."""
+
+    def __init__(self, datasets: list[PretokenizedDataset], ratios: list[float], batch_size: int, seed: int,
+                 stage: int, prompt_dropout: float, boi_id: int, eoi_id: int):
+        self.datasets = datasets
+        self.counts = mixture_counts(ratios, batch_size)
+        self.seed, self.stage = seed, stage
+        self.prompt_dropout = prompt_dropout
+        self.boi_id, self.eoi_id = boi_id, eoi_id
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _perm(self, d: int, epoch: int) -> np.ndarray:
+        key = (d, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 4 * len(self.datasets):
+                self._perms.clear()
+            rng = np.random.default_rng([self.seed, self.stage, d, epoch])
+            self._perms[key] = rng.permutation(len(self.datasets[d]))
+        return self._perms[key]
+
+    def global_batch(self, step: int) -> list[Row]:
+        rows = []
+        for d, (ds, count) in enumerate(zip(self.datasets, self.counts)):
+            for k in range(step * count, (step + 1) * count):
+                epoch, pos = divmod(k, len(ds))
+                rows.append(Row(*ds.row(int(self._perm(d, epoch)[pos]))))
+        rng = np.random.default_rng([self.seed, self.stage, 1_000_003, step])
+        drop = rng.random(len(rows)) < self.prompt_dropout
+        rows = [self._drop_prompt(r) if dropped else r for r, dropped in zip(rows, drop)]
+        rows.sort(key=lambda r: len(r.ids))
+        return rows
+
+    def _drop_prompt(self, row: Row) -> Row:
+        """The unconditional form of a row whose last answer is an image: that image block alone (from
+        BOI), as Lumina-mGPT's CFG context is the image without any text. Other rows are unchanged."""
+        boi = np.flatnonzero(row.ids == self.boi_id)
+        if not len(boi) or row.labels[boi[-1]] == IGNORE_INDEX:
+            return row
+        start = int(boi[-1])
+        eoi = np.flatnonzero(row.ids[start:] == self.eoi_id)
+        end = start + int(eoi[0]) + 1 if len(eoi) else len(row.ids)
+        ids = row.ids[start:end]
+        return Row(ids, ids.copy())
+
+    def micro_batches(self, step: int, micro_batch_size: int, rank: int, world: int) -> tuple[list[list[Row]], int]:
+        """This process's micro-batches of the step, and the supervised-token count of the whole global batch."""
+        rows = self.global_batch(step)
+        chunks = [rows[i:i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
+        if len(chunks) % world:
+            raise ValueError(f"a global batch of {len(rows)} rows makes {len(chunks)} micro-batches of "
+                             f"{micro_batch_size}, which {world} processes cannot share; make batch_size a "
+                             f"multiple of micro_batch_size * num_processes")
+        supervised = sum(int((r.labels[1:] != IGNORE_INDEX).sum()) for r in rows)
+        return chunks[rank::world], supervised
+
+
+def collate(rows: list[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) input ids and labels (-100 on padding); causal attention needs no mask."""
+    length = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r.ids)] = torch.from_numpy(r.ids.astype(np.int64))
+        labels[i, :len(r.labels)] = torch.from_numpy(r.labels.astype(np.int64))
+    return ids, labels
+
+
+def describe(datasets: list[PretokenizedDataset]) -> dict[str, Any]:
+    return {str(ds.folder): {"rows": len(ds), "tokens": int(ds.lengths.sum()),
+                             "mean_length": float(ds.lengths.mean())} for ds in datasets}
+
+
+__all__ = ["CorruptDataError", "MixtureBatches", "PretokenizedDataset", "collate", "mixture_counts"]

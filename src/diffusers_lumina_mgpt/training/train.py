@@ -1,0 +1,423 @@
+"""`lumina-mgpt train`: FP-SFT stages and Omni-SFT mixtures on accelerate, resumable after SIGKILL.
+
+One run folder `DIR` holds everything:
+  DIR/vq/            the VQ tokenizer when the config trains one (`vq_recipe`)
+  DIR/base/          tokenizer/ and vqvae/ of the run (copied from a pipeline, or built here)
+  DIR/data/STAGE/K/  the stage's pre-tokenised datasets (resumable, verified on load)
+  DIR/checkpoints/   step-N/ accelerate states (model, optimiser, LR schedule, RNGs) + trainer_state.json
+  DIR/metrics.jsonl  one line per optimiser step: step, stage, loss, lr, grad_norm, tokens_per_s
+  DIR/pipeline/      the finished diffusers pipeline folder
+Re-running the same command resumes from the newest checkpoint. Stages run in order, each from the
+previous stage's weights with its own resolution, mixture, steps and LR schedule (warmup + cosine),
+and fresh AdamW moments. Batches are a function of (seed, stage, step) (see data.py), so a resumed
+run and a run on N processes see the same global batches; the loss is summed over tokens and divided
+by the whole global batch's supervised-token count, so the per-step loss is the same either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import MetricsLog, latest_checkpoint, read_state, save_checkpoint
+from .config import load_config, positive, resolve_path
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "vq_recipe": None,  # a train-vq config trained into DIR/vq first (new models)
+    "model": {
+        "pretrained": None,  # an existing pipeline folder to finetune
+        "new": {},  # LuminaMGPTTransformer kwargs of a new model (vocab size and special ids are filled in)
+        "vqvae": None,  # a VQModel folder for a new model (default: DIR/vq/vqvae from vq_recipe)
+        "text_vocab_size": 512,  # BPE pieces of a new model's text tokenizer, learned from the stage data
+        "max_grid": 8,  # grid-count tokens of a new model's vocabulary (largest side / patch size)
+        "default_size": None,  # the pipeline's default size (default: the last stage's size)
+        "freeze": [],  # regexes of parameter names kept frozen
+    },
+    "data": {"num_proc": 1, "chunk_size": 256, "max_length": 1024},
+    "train": {
+        "batch_size": 32, "micro_batch_size": 16, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.02,
+        "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "mixed_precision": "no",
+        "gradient_checkpointing": False, "prompt_dropout": 0.1, "checkpoint_every": 200, "keep_checkpoints": 2,
+        "threads": None,
+    },
+    "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?}]}]
+}
+
+
+# ----------------------------------------------------------------------------- config
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    config = load_config(path, TRAIN_DEFAULTS, overrides)
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    positive(config, "train.batch_size", "train.micro_batch_size", "train.lr", "train.checkpoint_every")
+    tr = config["train"]
+    if tr["batch_size"] % tr["micro_batch_size"]:
+        raise ValueError(f"train.batch_size ({tr['batch_size']}) must be a multiple of train.micro_batch_size "
+                         f"({tr['micro_batch_size']})")
+    if not 0 <= tr["prompt_dropout"] < 1:
+        raise ValueError(f"train.prompt_dropout must be in [0, 1), got {tr['prompt_dropout']}")
+    if tr["mixed_precision"] not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be no, bf16 or fp16, got {tr['mixed_precision']!r}")
+    stages = config["stages"]
+    if not stages:
+        raise ValueError("the config has no stages; add at least one {name, size, steps, data} entry")
+    names = set()
+    for i, st in enumerate(stages):
+        for key in ("name", "size", "steps", "data"):
+            if key not in st:
+                raise ValueError(f"stages[{i}] needs a {key!r} entry")
+        unknown = set(st) - {"name", "size", "steps", "lr", "warmup", "data"}
+        if unknown:
+            raise ValueError(f"stages[{i}] has unknown keys {sorted(unknown)}; use name, size, steps, lr, warmup, data")
+        if st["name"] in names or not re.fullmatch(r"[A-Za-z0-9_.-]+", str(st["name"])):
+            raise ValueError(f"stages[{i}] name {st['name']!r} must be unique and use letters, digits, _ . -")
+        names.add(st["name"])
+        if int(st["steps"]) < 1 or int(st["size"]) < 16:
+            raise ValueError(f"stages[{i}] needs steps >= 1 and size >= 16, got {st['steps']} and {st['size']}")
+        if not st["data"]:
+            raise ValueError(f"stages[{i}] has no data sources")
+        for j, d in enumerate(st["data"]):
+            if "source" not in d:
+                raise ValueError(f"stages[{i}].data[{j}] needs a 'source' (file, folder or shapes:TASK)")
+            unknown = set(d) - {"source", "n", "ratio", "seed"}
+            if unknown:
+                raise ValueError(f"stages[{i}].data[{j}] has unknown keys {sorted(unknown)}; use source, n, ratio, seed")
+    model = config["model"]
+    if bool(model["pretrained"]) == bool(model["new"]):
+        raise ValueError("set exactly one of model.pretrained (a pipeline folder) and model.new (a size spec)")
+
+
+def stage_bounds(config: dict[str, Any]) -> list[tuple[int, int]]:
+    """(first global step, steps) of every stage."""
+    out, start = [], 0
+    for st in config["stages"]:
+        out.append((start, int(st["steps"])))
+        start += int(st["steps"])
+    return out
+
+
+def learning_rate(config: dict[str, Any], step: int) -> float:
+    """LR at global `step`: per stage, linear warmup then cosine to min_lr_ratio * lr."""
+    tr = config["train"]
+    for st, (start, steps) in zip(config["stages"], stage_bounds(config)):
+        if step < start + steps:
+            s = step - start
+            lr = float(st.get("lr", tr["lr"]))
+            warm = st.get("warmup", tr["warmup"])
+            warm = int(round(warm * steps)) if warm < 1 else int(warm)
+            if s < warm:
+                return lr * (s + 1) / warm
+            progress = (s - warm) / max(1, steps - warm)
+            return lr * (tr["min_lr_ratio"] + (1 - tr["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return float(config["stages"][-1].get("lr", tr["lr"])) * tr["min_lr_ratio"]
+
+
+# ----------------------------------------------------------------------------- base components
+def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
+    """DIR/base with tokenizer/ and vqvae/ (main process only)."""
+    base = run / "base"
+    if (base / "tokenizer").is_dir() and (base / "vqvae").is_dir():
+        return base
+    model = config["model"]
+    tmp = run / ".base-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if model["pretrained"]:
+        src = Path(resolve_path(config, model["pretrained"]))
+        for sub in ("tokenizer", "vqvae"):
+            if not (src / sub).is_dir():
+                raise FileNotFoundError(f"model.pretrained {src} has no {sub}/; pass a pipeline folder")
+            shutil.copytree(src / sub, tmp / sub)
+    else:
+        from .pretokenize import load_vqvae
+        from .records import Record, open_source
+        from .text_tokenizer import train_text_tokenizer
+        from .vq_train import load_vq_config, train_vq
+
+        if model["vqvae"]:
+            vq_dir = Path(resolve_path(config, model["vqvae"]))
+        elif config["vq_recipe"]:
+            vq_config = load_vq_config(resolve_path(config, config["vq_recipe"]))
+            print(f"training the VQ tokenizer ({config['vq_recipe']}) into {run / 'vq'}", flush=True)
+            report = train_vq(vq_config, run / "vq", progress=progress)
+            print(f"VQ tokenizer: held-out PSNR {report['psnr']:.2f} dB, {report['codes_used']} codes used, "
+                  f"perplexity {report['perplexity']:.1f}", flush=True)
+            vq_dir = run / "vq" / "vqvae"
+        else:
+            raise ValueError("a new model needs model.vqvae (a VQModel folder) or vq_recipe (a train-vq config)")
+        vqvae = load_vqvae(vq_dir)
+        texts = []
+        for st in config["stages"]:
+            for d in st["data"]:
+                src = open_source(_source_spec(config, d), d.get("n"), int(d.get("seed", config["seed"])),
+                                  config["data"]["chunk_size"])
+                for c in range(min(src.num_chunks, 4)):  # a sample of each source is enough for a BPE
+                    texts += [t["value"] for r in src.chunk(c) if isinstance(r, Record) for t in r.conversations]
+        tokenizer = train_text_tokenizer(texts, int(model["text_vocab_size"]), int(vqvae.config.num_vq_embeddings),
+                                         int(model["max_grid"]))
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        vqvae.save_pretrained(str(tmp / "vqvae"))
+    shutil.rmtree(base, ignore_errors=True)
+    tmp.rename(base)
+    return base
+
+
+def _source_spec(config: dict[str, Any], d: dict[str, Any]) -> str:
+    src = str(d["source"])
+    return src if src.startswith("shapes:") else str(resolve_path(config, src))
+
+
+def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dict[str, Any], progress: bool) -> list[Path]:
+    from .pretokenize import pretokenize, skipped_table
+    from .records import open_source
+
+    folders = []
+    for k, d in enumerate(stage["data"]):
+        src = open_source(_source_spec(config, d), d.get("n"), int(d.get("seed", config["seed"])),
+                          config["data"]["chunk_size"])
+        out = run / "data" / stage["name"] / f"{k}"
+        manifest = pretokenize(src, base, int(stage["size"]), out, num_proc=int(config["data"]["num_proc"]),
+                               max_length=config["data"]["max_length"], progress=progress)
+        if progress:
+            print(f"[{stage['name']}] {d['source']}: {skipped_table(manifest)}", flush=True)
+        folders.append(out)
+    return folders
+
+
+# ----------------------------------------------------------------------------- model
+def build_transformer(config: dict[str, Any], base: Path):
+    from transformers import AutoTokenizer
+
+    from ..transformer import LuminaMGPTTransformer
+    from ..vocab import LuminaVocab
+
+    model = config["model"]
+    if model["pretrained"]:
+        return LuminaMGPTTransformer.from_pretrained(str(Path(resolve_path(config, model["pretrained"])) / "transformer"))
+    vocab = LuminaVocab.from_tokenizer(AutoTokenizer.from_pretrained(str(base / "tokenizer")))
+    kwargs = dict(model["new"])
+    kwargs.update(vocab_size=vocab.vocab_size, bos_token_id=vocab.bos_id, pad_token_id=vocab.pad_id,
+                  eos_token_id=vocab.eos_id)
+    return LuminaMGPTTransformer(**kwargs)
+
+
+def freeze(transformer, patterns: list[str]) -> int:
+    frozen = 0
+    for name, p in transformer.named_parameters():
+        if any(re.search(pat, name) for pat in patterns):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    if patterns and not frozen:
+        raise ValueError(f"model.freeze patterns {patterns} match no parameter name (e.g. 'model.embed_tokens')")
+    return frozen
+
+
+def export_pipeline(transformer, base: Path, out: Path, default_size: int, scheduler_config: dict | None = None) -> Path:
+    """Write a complete `LuminaMGPTPipeline` folder from a transformer and the run's base components."""
+    from transformers import AutoTokenizer
+
+    from ..pipelines import LuminaMGPTPipeline
+    from ..schedulers import LuminaMGPTARScheduler
+    from .pretokenize import load_vqvae
+
+    scheduler = LuminaMGPTARScheduler(**(scheduler_config or {}))
+    pipe = LuminaMGPTPipeline(tokenizer=AutoTokenizer.from_pretrained(str(base / "tokenizer")), transformer=transformer,
+                              vqvae=load_vqvae(base / "vqvae"), scheduler=scheduler, default_size=int(default_size))
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- loop
+def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) the config's stages in `output_dir`; returns the exported pipeline folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from ..transformer import causal_lm_loss
+    from ..vocab import LuminaVocab
+    from .data import MixtureBatches, PretokenizedDataset, collate
+
+    run = Path(output_dir)
+    tr = config["train"]
+    if tr["threads"]:
+        torch.set_num_threads(int(tr["threads"]))
+    # "no" leaves the choice to an accelerate config file (e.g. the FSDP examples' bf16)
+    precision = None if tr["mixed_precision"] == "no" else tr["mixed_precision"]
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    run.mkdir(parents=True, exist_ok=True)
+    saved = run / "config.json"
+    clean = {k: v for k, v in config.items() if k != "_config_dir"}
+    if main:
+        latest = latest_checkpoint(run)
+        if latest is not None and saved.is_file():
+            before = json.loads(saved.read_text())
+            if _resume_key(before) != _resume_key(clean):
+                raise ValueError(f"{run} holds a run with another config; resume it with the same config, or use a new "
+                                 "--output-dir (only train.checkpoint_every / keep_checkpoints / threads may change)")
+        saved.write_text(json.dumps(clean, indent=1))
+    # 1. base components and data (main process; the others wait for them)
+    if main:
+        base = build_base(config, run, progress)
+        for st in config["stages"]:
+            prepare_stage_data(config, run, base, st, progress)
+    accelerator.wait_for_everyone()
+    base = run / "base"
+
+    # 2. model, optimiser, schedule
+    set_seed(config["seed"])
+    transformer = build_transformer(config, base)
+    freeze(transformer, config["model"]["freeze"])
+    if tr["gradient_checkpointing"]:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    from transformers import AutoTokenizer
+
+    vocab = LuminaVocab.from_tokenizer(AutoTokenizer.from_pretrained(str(base / "tokenizer")))
+    decay = [p for n, p in transformer.named_parameters() if p.requires_grad and p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in transformer.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tr["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=1.0, betas=tuple(tr["betas"]))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(config, s))
+    # the schedule stays a plain LambdaLR: accelerate's wrapper steps it once per process, which would
+    # advance the LR N times per step on N processes; it is checkpointed as a registered object instead
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    accelerator.register_for_checkpointing(schedule)
+
+    # 3. resume
+    global_step = 0
+    resume = latest_checkpoint(run)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        global_step = int(read_state(resume)["step"])
+        if main:
+            print(f"resuming from {resume} (step {global_step})", flush=True)
+    metrics = MetricsLog(run / "metrics.jsonl", resume_step=global_step, enabled=main)
+    total = sum(int(st["steps"]) for st in config["stages"])
+    bar = tqdm(total=total, initial=global_step, desc="train", disable=not (progress and main))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    z_weight = float(accelerator.unwrap_model(model).config.z_loss_weight)
+
+    for stage_index, (st, (start, steps)) in enumerate(zip(config["stages"], stage_bounds(config))):
+        if global_step >= start + steps:
+            continue
+        if global_step == start and start > 0:
+            optimizer.optimizer.state = defaultdict(dict)  # a stage starts with fresh AdamW moments
+        datasets = [PretokenizedDataset(run / "data" / st["name"] / f"{k}") for k in range(len(st["data"]))]
+        batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in st["data"]], int(tr["batch_size"]),
+                                 int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id)
+        while global_step < start + steps:
+            t0 = time.perf_counter()
+            micro, supervised = batches.micro_batches(global_step - start, int(tr["micro_batch_size"]), rank, world)
+            loss_sum = torch.zeros((), device=accelerator.device)
+            tokens = torch.zeros((), device=accelerator.device)
+            for k, rows in enumerate(micro):
+                ids, labels = collate(rows, vocab.pad_id)
+                ids, labels = ids.to(accelerator.device), labels.to(accelerator.device)
+                sync = k == len(micro) - 1
+                ctx = accelerator.no_sync(model) if not sync else _null()
+                with ctx, accelerator.autocast():
+                    logits = model(ids).logits
+                    part = causal_lm_loss(logits, labels, z_weight, reduction="sum")
+                    accelerator.backward(part * world / supervised)
+                loss_sum += part.detach()
+                tokens += sum(len(r.ids) for r in rows)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr["grad_clip"]) if tr["grad_clip"] else None
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            loss = float(accelerator.reduce(loss_sum, reduction="sum")) / supervised
+            n_tokens = float(accelerator.reduce(tokens, reduction="sum"))
+            row = {"step": global_step, "stage": st["name"], "loss": loss, "lr": lr,
+                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "tokens_per_s": n_tokens / (time.perf_counter() - t0), "supervised_tokens": supervised}
+            metrics.write(row)
+            bar.update()
+            bar.set_postfix(stage=st["name"], loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if global_step % int(tr["checkpoint_every"]) == 0 or global_step == start + steps:
+                save_checkpoint(run, global_step, {"stage": st["name"], "stage_index": stage_index,
+                                                   "stage_step": global_step - start},
+                                lambda tmp: _save(accelerator, tmp, clean), keep=int(tr["keep_checkpoints"]),
+                                is_main=main, barrier=accelerator.wait_for_everyone)
+    bar.close()
+    out = run / "pipeline"
+    weights = accelerator.get_state_dict(model)  # gathers FSDP shards; every process takes part
+    if main:
+        final = build_transformer(config, base)
+        final.load_state_dict(weights)
+        default = config["model"]["default_size"] or config["stages"][-1]["size"]
+        export_pipeline(final.eval(), base, out, int(default))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
+    c = copy.deepcopy(config)
+    for key in ("checkpoint_every", "keep_checkpoints", "threads"):
+        c.get("train", {}).pop(key, None)
+    c.get("data", {}).pop("num_proc", None)
+    return c
+
+
+def _save(accelerator, folder: Path, config: dict[str, Any]) -> None:
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / "run_config.json").write_text(json.dumps(config, indent=1))
+        model = accelerator.unwrap_model(accelerator._models[0])
+        (folder / "transformer_config.json").write_text(json.dumps(dict(model.config), indent=1))
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ----------------------------------------------------------------------------- export
+def export_checkpoint(checkpoint: str | Path, out: str | Path, default_size: int | None = None) -> Path:
+    """`lumina-mgpt export`: a checkpoint folder -> a complete pipeline folder."""
+    from safetensors.torch import load_file
+
+    from ..transformer import LuminaMGPTTransformer
+
+    ckpt = Path(checkpoint)
+    state = read_state(ckpt)
+    run = ckpt.parent.parent
+    cfg_file = ckpt / "transformer_config.json"
+    weights = ckpt / "model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{ckpt} has no transformer_config.json / model.safetensors (a sharded FSDP checkpoint "
+                                "must be merged first: `accelerate merge-weights CKPT/pytorch_model_fsdp_0 OUT`)")
+    cfg = {k: v for k, v in json.loads(cfg_file.read_text()).items() if not k.startswith("_")}
+    transformer = LuminaMGPTTransformer(**cfg)
+    transformer.load_state_dict(load_file(str(weights)))
+    run_cfg = json.loads((ckpt / "run_config.json").read_text())
+    size = default_size or run_cfg["model"]["default_size"] or next(
+        st["size"] for st in run_cfg["stages"] if st["name"] == state["stage"])
+    return export_pipeline(transformer.eval(), run / "base", Path(out), int(size))
+
+
+__all__ = ["TRAIN_DEFAULTS", "export_checkpoint", "learning_rate", "load_train_config", "train"]

@@ -1,0 +1,282 @@
+"""`lumina-mgpt train-vq`: train a small diffusers `VQModel` image tokenizer (e.g. for ShapesWorld).
+
+Losses: reconstruction (L1 + MSE on pixels in [-1, 1]), codebook (|sg(z) - e|^2) and commitment
+(beta |z - sg(e)|^2) with a straight-through estimator; codes unused for `restart_every` steps are
+restarted on random encoder outputs of the current batch (dead-code restart). Training crops are
+`crop` x `crop` squares from a fixed pool of images (ShapesWorld renders of every kind the Omni tasks
+need: scenes, degraded scenes, segmentation and depth maps, at native and reduced resolution, or
+an image folder). Checkpoints, resume and metrics.jsonl follow the same rules as `train`
+(see checkpoints.py), in one process (a VQ of this size trains in minutes on a CPU). The result is `DIR/vqvae/`, a `VQModel` folder the pipelines load as `vqvae`,
+and `DIR/vq_eval.json` with held-out reconstruction PSNR and codebook usage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoints import MetricsLog, latest_checkpoint, load_plain_state, read_state, save_checkpoint, save_plain_state
+from .config import load_config, positive, resolve_path
+
+VQ_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "data": {"shapes": 4000, "folder": None, "eval_images": 200, "downscale": [1.0, 0.75, 0.5],
+             "kinds": {"scene": 2, "degraded": 1, "segmentation": 1, "depth": 1}},
+    "model": {
+        "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "latent_channels": 16,
+        "num_vq_embeddings": 1024, "vq_embed_dim": 8, "norm_num_groups": 8,
+    },
+    "train": {
+        "steps": 3000, "batch_size": 48, "crop": 32, "lr": 2e-3, "warmup": 100, "beta": 0.25,
+        "restart_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "threads": None,
+    },
+}
+
+
+def vq_model_from_config(model: dict[str, Any]):
+    from diffusers import VQModel
+
+    levels = len(model["block_out_channels"])
+    return VQModel(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(model["block_out_channels"]),
+        layers_per_block=model["layers_per_block"], latent_channels=model["latent_channels"],
+        num_vq_embeddings=model["num_vq_embeddings"], vq_embed_dim=model["vq_embed_dim"],
+        norm_num_groups=model["norm_num_groups"], mid_block_add_attention=False,
+    )
+
+
+# ----------------------------------------------------------------------------- data
+def shapes_images(n: int, seed: int, downscale: list[float], kinds: dict[str, float] | None = None) -> list[Image.Image]:
+    """`n` ShapesWorld images of the kinds the tasks produce (`kinds`: relative weights of scene,
+    degraded, segmentation and depth images), some reduced in size (as FP-SFT's low resolution
+    stages see them), deterministic in `seed`."""
+    from ..shapes.render import DEGRADATIONS, degrade, render_depth, render_scene, render_segmentation
+    from ..shapes.scene import sample_scene
+
+    kinds = kinds or {"scene": 1.0}
+    unknown = set(kinds) - {"scene", "degraded", "segmentation", "depth"}
+    if unknown:
+        raise ValueError(f"data.kinds has unknown kinds {sorted(unknown)}; use scene, degraded, segmentation, depth")
+    names = [k for k, w in kinds.items() if w > 0]
+    weights = np.array([kinds[k] for k in names], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        scene = sample_scene(rng, split="all")
+        kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        if kind == "scene":
+            image = render_scene(scene)
+        elif kind == "degraded":
+            image = degrade(render_scene(scene), rng, DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))])
+        elif kind == "segmentation":
+            image = render_segmentation(scene)
+        else:
+            image = render_depth(scene)
+        factor = float(downscale[int(rng.integers(len(downscale)))])
+        if factor != 1.0:
+            w, h = (max(16, int(round(s * factor / 8)) * 8) for s in image.size)
+            image = image.resize((w, h), Image.BICUBIC)
+        out.append(image.convert("RGB"))
+    return out
+
+
+def folder_images(folder: str, crop: int) -> list[Image.Image]:
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    images = []
+    for p in paths:
+        try:
+            im = Image.open(p).convert("RGB")
+        except OSError:
+            continue
+        if min(im.size) >= crop:
+            images.append(im)
+    if not images:
+        raise ValueError(f"{folder} holds no readable image of at least {crop}x{crop} pixels")
+    return images
+
+
+def to_pixels(image: Image.Image) -> torch.Tensor:  # (3, H, W) in [-1, 1]
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def random_crops(pool: list[torch.Tensor], batch: int, crop: int, rng: np.random.Generator) -> torch.Tensor:
+    out = []
+    for k in rng.integers(len(pool), size=batch):
+        im = pool[int(k)]
+        y = int(rng.integers(im.shape[1] - crop + 1))
+        x = int(rng.integers(im.shape[2] - crop + 1))
+        out.append(im[:, y:y + crop, x:x + crop])
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- model pieces
+def quantize(vqvae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest codes (B, h, w) and the straight-through quantised latents (B, D, h, w)."""
+    from ..vq import vq_nearest_codes
+
+    codebook = vqvae.quantize.embedding.weight
+    codes = vq_nearest_codes(codebook.detach(), latents.detach())
+    quant = F.embedding(codes, codebook).permute(0, 3, 1, 2)
+    return codes, quant
+
+
+def vq_losses(vqvae, pixels: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    latents = vqvae.encode(pixels).latents
+    codes, quant = quantize(vqvae, latents)
+    codebook_loss = F.mse_loss(quant, latents.detach())
+    commit_loss = F.mse_loss(latents, quant.detach())
+    straight = latents + (quant - latents).detach()
+    recon = vqvae.decode(straight, force_not_quantize=True).sample
+    rec_loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels)
+    loss = rec_loss + codebook_loss + beta * commit_loss
+    parts = {"recon": float(rec_loss.detach()), "codebook": float(codebook_loss.detach()), "commit": float(commit_loss.detach())}
+    return loss, parts, codes, latents
+
+
+@torch.no_grad()
+def restart_dead_codes(vqvae, usage: torch.Tensor, latents: torch.Tensor) -> int:
+    """Move codes with zero `usage` onto random encoder outputs of the batch; returns how many moved."""
+    dead = (usage == 0).nonzero().flatten()
+    if dead.numel() == 0:
+        return 0
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    pick = torch.randint(flat.shape[0], (dead.numel(),))
+    noise = 0.01 * torch.randn(dead.numel(), flat.shape[1]) * flat.std()
+    vqvae.quantize.embedding.weight.data[dead] = flat[pick] + noise
+    return int(dead.numel())
+
+
+@torch.no_grad()
+def evaluate_vq(vqvae, images: list[Image.Image]) -> dict[str, float]:
+    """Held-out reconstruction PSNR (dB, on uint8 pixels) and codebook usage over `images`."""
+    from ..vq import vq_decode_codes, vq_downsample_factor, vq_encode_codes, vq_num_codes
+
+    f = vq_downsample_factor(vqvae)
+    counts = torch.zeros(vq_num_codes(vqvae))
+    psnrs = []
+    for im in images:
+        w, h = im.size[0] // f * f, im.size[1] // f * f
+        pixels = to_pixels(im.crop((0, 0, w, h)))[None]
+        codes = vq_encode_codes(vqvae, pixels)
+        counts += torch.bincount(codes.flatten(), minlength=counts.numel()).float()
+        recon = vq_decode_codes(vqvae, codes).clamp(-1, 1)
+        a = ((pixels + 1) * 127.5).round()
+        b = ((recon + 1) * 127.5).round()
+        mse = float(((a - b) ** 2).mean())
+        psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
+    p = counts / counts.sum()
+    perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+    return {"psnr": float(np.mean(psnrs)), "perplexity": perplexity, "codes_used": int((counts > 0).sum()),
+            "codebook_size": int(counts.numel()), "images": len(images)}
+
+
+def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, float]:
+    """Share of ShapesWorld records whose ground-truth images still pass the scorer after a VQ round
+    trip: the ceiling of any model that draws with this tokenizer."""
+    from ..shapes.tasks import make_records
+    from ..vq import vq_decode_codes, vq_downsample_factor, vq_encode_codes
+
+    f = vq_downsample_factor(vqvae)
+
+    @torch.no_grad()
+    def round_trip(image: Image.Image) -> Image.Image:
+        w, h = image.size[0] // f * f, image.size[1] // f * f
+        recon = vq_decode_codes(vqvae, vq_encode_codes(vqvae, to_pixels(image.crop((0, 0, w, h)))[None]))
+        return Image.fromarray(((recon[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+
+    out = {}
+    for task in ("t2i", "segmentation", "depth"):
+        records = make_records(task, n, seed=seed)
+        passed = [all(s.passed for s in r.score([o if isinstance(o, str) else round_trip(o)
+                                                 for o in r.ground_truth_outputs()])) for r in records]
+        out[task] = float(np.mean(passed))
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a VQ tokenizer into `output_dir`; returns the held-out evaluation."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out = Path(output_dir)
+    tr = config["train"]
+    positive(config, "train.steps", "train.batch_size", "train.crop", "train.lr", "train.checkpoint_every")
+    if config["train"]["threads"]:
+        torch.set_num_threads(int(config["train"]["threads"]))
+    final = out / "vqvae"
+    if (final / "config.json").is_file() and (out / "vq_eval.json").is_file():
+        return json.loads((out / "vq_eval.json").read_text())  # already trained: nothing to redo
+    set_seed(config["seed"])
+    vqvae = vq_model_from_config(config["model"])
+    data = config["data"]
+    crop = int(tr["crop"])
+    if data["folder"]:
+        pool_images = folder_images(resolve_path(config, data["folder"]), crop)
+        eval_images = pool_images[-data["eval_images"]:]
+        pool_images = pool_images[:-data["eval_images"]] or pool_images
+    else:
+        pool_images = shapes_images(int(data["shapes"]), config["seed"], data["downscale"], data["kinds"])
+        eval_images = shapes_images(int(data["eval_images"]), config["seed"] + 10_000, data["downscale"], data["kinds"])
+    pool = [to_pixels(im) for im in pool_images if min(im.size) >= crop]
+    if not pool:
+        raise ValueError(f"no training image is at least {crop}x{crop}; lower train.crop")
+    optimizer = torch.optim.AdamW(vqvae.parameters(), lr=tr["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    steps, warmup = int(tr["steps"]), int(tr["warmup"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    usage = torch.zeros(int(config["model"]["num_vq_embeddings"]))
+    start = 0
+    resume = latest_checkpoint(out)
+    if resume is not None:
+        load_plain_state(resume, vqvae, optimizer, schedule)
+        state = read_state(resume)
+        start = int(state["step"])
+        usage = torch.tensor(state["usage"])
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=True)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train-vq", disable=not progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config["seed"], step])  # batch = f(seed, step): resume-exact
+        pixels = random_crops(pool, int(tr["batch_size"]), crop, rng)
+        loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        usage += torch.bincount(codes.flatten().cpu(), minlength=usage.numel()).float()
+        restarted = 0
+        if (step + 1) % int(tr["restart_every"]) == 0:
+            if (step + 1) < 0.9 * steps:  # let the codebook settle at the end
+                restarted = restart_dead_codes(vqvae, usage, latents.detach().cpu())
+            usage.zero_()
+        row = {"step": step + 1, "stage": "vq", "loss": float(loss.detach()), **parts, "lr": schedule.get_last_lr()[0],
+               "restarted": restarted, "images_per_s": pixels.shape[0] / (time.perf_counter() - t0)}
+        metrics.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", rec=f"{parts['recon']:.4f}")
+        if (step + 1) % int(tr["checkpoint_every"]) == 0 or step + 1 == steps:
+            save_checkpoint(out, step + 1, {"stage": "vq", "usage": usage.tolist()},
+                            lambda tmp: save_plain_state(tmp, vqvae, optimizer, schedule), keep=int(tr["keep_checkpoints"]))
+    model = vqvae.eval()
+    report = evaluate_vq(model, eval_images)
+    if not data["folder"] and data["eval_images"] >= 50:
+        report["shapes_round_trip_pass"] = shapes_round_trip(model, int(data["eval_images"]))
+    model.save_pretrained(str(final))
+    (out / "vq_eval.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def load_vq_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    return load_config(path, VQ_DEFAULTS, overrides)
+
+
+__all__ = ["VQ_DEFAULTS", "evaluate_vq", "load_vq_config", "shapes_images", "train_vq", "vq_model_from_config"]

@@ -1,0 +1,325 @@
+"""Training: records and skips, pre-tokenisation (resume, corruption), batches, the loop (overfit,
+SIGKILL resume, 2 processes), export, VQ training, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from diffusers_lumina_mgpt.conversation import IGNORE_INDEX
+from diffusers_lumina_mgpt.training.checkpoints import MetricsLog, checkpoint_dirs, read_metrics, save_checkpoint
+from diffusers_lumina_mgpt.training.data import (
+    CorruptDataError, MixtureBatches, PretokenizedDataset, collate, mixture_counts,
+)
+from diffusers_lumina_mgpt.training.pretokenize import pretokenize
+from diffusers_lumina_mgpt.training.records import open_source, set_t2i_size
+from diffusers_lumina_mgpt.training.train import learning_rate, load_train_config
+
+CLI = [sys.executable, "-m", "diffusers_lumina_mgpt"]
+
+
+# ----------------------------------------------------------------------------- shared tiny base
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """tokenizer/ + vqvae/ (random 8x VQ, 64 codes) for a new ShapesWorld model."""
+    from diffusers_lumina_mgpt.shapes.tasks import make_records
+    from diffusers_lumina_mgpt.training.text_tokenizer import train_text_tokenizer
+    from diffusers_lumina_mgpt.training.vq_train import vq_model_from_config
+
+    base = tmp_path_factory.mktemp("base")
+    torch.manual_seed(0)
+    vq = vq_model_from_config({"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "latent_channels": 4,
+                               "num_vq_embeddings": 64, "vq_embed_dim": 4, "norm_num_groups": 4})
+    vq.save_pretrained(str(base / "vqvae"))
+    texts = [t["value"] for r in make_records("all", 200, seed=0) for t in r.conversations]
+    train_text_tokenizer(texts, 350, 64, 8).save_pretrained(str(base / "tokenizer"))
+    return base
+
+
+def write_config(path: Path, base: Path, **train) -> Path:
+    config = {
+        "seed": 0,
+        "model": {"new": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                          "max_position_embeddings": 512, "z_loss_weight": 1e-5},
+                  "vqvae": str(base / "vqvae"), "text_vocab_size": 350},
+        "train": {"batch_size": 8, "micro_batch_size": 2, "lr": 3e-3, "warmup": 2, "checkpoint_every": 3,
+                  "keep_checkpoints": 2, "threads": 1, **train},
+        "stages": [
+            {"name": "low", "size": 48, "steps": 4,
+             "data": [{"source": "shapes:t2i", "n": 24, "ratio": 0.5}, {"source": "shapes:vqa", "n": 12, "ratio": 0.5}]},
+            {"name": "high", "size": 64, "steps": 4, "lr": 2e-3,
+             "data": [{"source": "shapes:t2i", "n": 24, "ratio": 1.0}]},
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(CLI + args, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run)]
+
+
+# ----------------------------------------------------------------------------- records
+def test_bad_records_are_skipped_and_counted(tiny_base, tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
+    lines = [
+        {"conversations": [{"from": "human", "value": "Describe. <|image|>"}, {"from": "gpt", "value": "Red."}], "image": ["good.png"]},
+        {"conversations": [{"from": "human", "value": "Describe. <|image|>"}, {"from": "gpt", "value": "x"}], "image": ["nowhere.png"]},
+        {"conversations": [{"from": "human", "value": "Describe. <|image|>"}, {"from": "gpt", "value": "x"}], "image": ["broken.png"]},
+        {"conversations": [{"from": "human", "value": "Two <|image|> <|image|>"}, {"from": "gpt", "value": "x"}], "image": ["good.png"]},
+        {"conversations": [], "image": []},
+        {"conversations": [{"from": "human", "value": "Describe. <|image|>"}, {"from": "gpt", "value": "x"}], "image": ["tiny.png"]},
+    ]
+    src = tmp_path / "records.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    manifest = pretokenize(open_source(str(src)), tiny_base, 64, tmp_path / "out", progress=False)
+    assert manifest["rows"] == 1
+    assert manifest["skipped"] == {"missing_image": 1, "unreadable_image": 1, "placeholders": 1, "empty": 1,
+                                   "small_image": 1, "bad_json": 1}
+    log = [json.loads(x) for x in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in log} == set(manifest["skipped"]) and len(log) == 6
+    # the CLI prints the table and exits 0: one bad record never stops a run
+    res = run_cli(["pretokenize", str(src), "--model", str(tiny_base), "--size", "64", "--out", str(tmp_path / "out2")])
+    assert res.returncode == 0, res.stderr
+    assert "kept 1 of 7 records" in res.stdout and "image file missing" in res.stdout
+
+
+def test_caption_folder_and_t2i_size_rewrite(tiny_base, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (128, 64), (0, 0, 200)).save(folder / "a.png")
+    (folder / "a.txt").write_text("a blue picture")
+    Image.new("RGB", (64, 64)).save(folder / "b.png")  # no caption: skipped
+    manifest = pretokenize(open_source(str(folder)), tiny_base, 64, tmp_path / "out", progress=False)
+    assert manifest["rows"] == 1 and manifest["skipped"] == {"missing_image": 1}
+    ds = PretokenizedDataset(tmp_path / "out")
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(str(tiny_base / "tokenizer")).decode(ds.row(0)[0][:40].tolist())
+    assert "Generate an image of 80x48 according to" in text  # the 128x64 image went to the 80x48 bucket
+    conv = [{"from": "human", "value": "Generate an image of 1x1 according to the following prompt:\nhi"},
+            {"from": "gpt", "value": "<|image|>"}]
+    assert set_t2i_size(conv, [(32, 48)])[0]["value"].startswith("Generate an image of 32x48 according")
+
+
+# ----------------------------------------------------------------------------- pretokenisation
+def test_pretokenize_labels_match_conversation_tokenizer(tiny_base, tmp_path):
+    from transformers import AutoTokenizer
+
+    from diffusers_lumina_mgpt.conversation import ConversationTokenizer
+    from diffusers_lumina_mgpt.vocab import LuminaVocab
+
+    pretokenize(open_source("shapes:caption", 3, seed=1), tiny_base, 64, tmp_path / "out", progress=False)
+    ds = PretokenizedDataset(tmp_path / "out")
+    ids, labels = ds.row(0)
+    vocab = LuminaVocab.from_tokenizer(AutoTokenizer.from_pretrained(str(tiny_base / "tokenizer")))
+    # human turn (with its image) is masked; the answer and its <sep> are supervised
+    sup = labels != IGNORE_INDEX
+    assert not sup[: np.flatnonzero(ids == vocab.eoi_id)[0] + 1].any()
+    assert (labels[sup] == ids[sup]).all() and ids[-1] == vocab.eot_id and sup[-1]
+    assert isinstance(ConversationTokenizer, type)
+
+
+def test_pretokenize_resumes_without_duplicates(tiny_base, tmp_path):
+    src = open_source("shapes:t2i", 10, seed=3, chunk_size=4)
+    full = pretokenize(src, tiny_base, 64, tmp_path / "a", progress=False)
+    # simulate an interruption: the last shard never finished, the manifest was never written
+    out = tmp_path / "b"
+    pretokenize(src, tiny_base, 64, out, progress=False)
+    (out / "shard-00002.json").unlink()
+    (out / "manifest.json").unlink()
+    with pytest.raises(CorruptDataError, match="did not finish"):
+        PretokenizedDataset(out)
+    resumed = pretokenize(src, tiny_base, 64, out, num_proc=2, progress=False)
+    assert resumed["rows"] == full["rows"] == 10
+    assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in full["shards"]]
+    with pytest.raises(ValueError, match="another source or size"):
+        pretokenize(src, tiny_base, 48, out, progress=False)
+
+
+def test_corrupt_or_truncated_data_is_detected(tiny_base, tmp_path):
+    pretokenize(open_source("shapes:t2i", 6, seed=0, chunk_size=3), tiny_base, 64, tmp_path / "d", progress=False)
+    shard = tmp_path / "d" / "shard-00001.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptDataError, match="corrupt or truncated"):
+        PretokenizedDataset(tmp_path / "d")
+    shard.unlink()
+    with pytest.raises(CorruptDataError, match="missing"):
+        PretokenizedDataset(tmp_path / "d")
+
+
+# ----------------------------------------------------------------------------- batches
+def test_mixture_counts_and_batches_are_a_function_of_step(tiny_base, tmp_path):
+    assert mixture_counts([0.35, 0.65], 8) == [3, 5]
+    assert sum(mixture_counts([1, 1, 1], 32)) == 32
+    pretokenize(open_source("shapes:t2i", 12, seed=0), tiny_base, 64, tmp_path / "a", progress=False)
+    ds = PretokenizedDataset(tmp_path / "a")
+    mix = lambda: MixtureBatches([ds], [1.0], 8, seed=0, stage=0, prompt_dropout=0.5, boi_id=4, eoi_id=5)  # noqa: E731
+    a, b = mix(), mix()
+    assert [r.ids.tolist() for r in a.global_batch(5)] == [r.ids.tolist() for r in b.global_batch(5)]
+    lengths = [len(r.ids) for r in a.global_batch(1)]
+    assert lengths == sorted(lengths)  # length-grouped
+    # a dropped prompt leaves the answer image block alone, starting at BOI, fully supervised
+    dropped = [r for s in range(6) for r in a.global_batch(s) if r.ids[0] == 4]
+    assert dropped and all(r.ids[-1] == 5 and (r.labels == r.ids).all() for r in dropped)
+    # 2 processes split the same global batch
+    one, count = a.micro_batches(3, 2, 0, 1)
+    r0, c0 = a.micro_batches(3, 2, 0, 2)
+    r1, c1 = a.micro_batches(3, 2, 1, 2)
+    assert count == c0 == c1 and sorted(map(id, sum(one, []))) != []
+    assert sorted(len(r.ids) for m in r0 + r1 for r in m) == sorted(len(r.ids) for m in one for r in m)
+    ids, labels = collate(one[0], pad_id=0)
+    assert ids.shape == labels.shape and (labels[ids == 0] == IGNORE_INDEX).all()
+
+
+def test_learning_rate_schedule_per_stage():
+    cfg = {"train": {"lr": 1.0, "warmup": 2, "min_lr_ratio": 0.1},
+           "stages": [{"steps": 10}, {"steps": 10, "lr": 0.5}]}
+    lrs = [learning_rate(cfg, s) for s in range(20)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[10] == 0.25 and lrs[11] == 0.5
+    assert lrs[9] < 0.2 and all(a >= b for a, b in zip(lrs[1:10], lrs[2:10]))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_writes_are_atomic_and_pruned(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"stage": "a"}, lambda d: (d / "w").write_text("x"), keep=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-2", "step-3"]
+
+    def crash(d):
+        (d / "w").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 4, {"stage": "a"}, crash, keep=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-2", "step-3"]  # the half-written one is ignored
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    MetricsLog(log, resume_step=2)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
+
+
+def test_config_errors_name_the_key(tmp_path, tiny_base):
+    cfg = write_config(tmp_path / "c.yaml", tiny_base)
+    with pytest.raises(ValueError, match="'lrr' is not a key of train"):
+        load_train_config(cfg, ["train.lrr=1"])
+    with pytest.raises(ValueError, match="multiple of train.micro_batch_size"):
+        load_train_config(cfg, ["train.micro_batch_size=3"])
+    assert load_train_config(cfg, ["train.lr=0.5", "stages.1.steps=7"])["stages"][1]["steps"] == 7
+    res = run_cli(["train", str(cfg), "--output-dir", str(tmp_path / "r"), "--set", "train.nope=1"])
+    assert res.returncode == 2 and "'nope' is not a key of train" in res.stderr and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_tiny_model_overfits_a_handful_of_records(tiny_base, tmp_path):
+    from diffusers_lumina_mgpt.training.train import train
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_base, batch_size=8, micro_batch_size=8, lr=1e-2, prompt_dropout=0.0,
+                       checkpoint_every=1000)
+    config = load_train_config(cfg, ["stages=[{name: fit, size: 64, steps: 60, data: [{source: 'shapes:t2i', n: 8}]}]",
+                                      "model.new.hidden_size=64", "model.new.intermediate_size=128"])
+    train(config, tmp_path / "run", progress=False)
+    curve = losses(tmp_path / "run")
+    assert curve[0] > 4.0 and np.mean(curve[-5:]) < 0.5  # 8 records memorised: per-token loss below 0.5 nats
+
+
+def test_sigkill_resume_and_two_processes_match_one(tiny_base, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_base)
+    whole = tmp_path / "whole"
+    res = run_cli(["train", str(cfg), "--output-dir", str(whole), "--no-progress"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    reference = losses(whole)
+    assert len(reference) == 8
+
+    # kill -9 after the first checkpoint, then run the same command again
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(CLI + ["train", str(cfg), "--output-dir", str(killed), "--no-progress",
+                                   "--set", "train.checkpoint_every=2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not checkpoint_dirs(killed) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint_dirs(killed), "the run ended before its first checkpoint"
+    first = len(read_metrics(killed)) if (killed / "metrics.jsonl").exists() else 0
+    assert first < 8
+    res = run_cli(["train", str(cfg), "--output-dir", str(killed), "--no-progress", "--set", "train.checkpoint_every=2"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert losses(killed) == pytest.approx(reference, rel=1e-6, abs=0)
+    assert [r["step"] for r in read_metrics(killed)] == list(range(1, 9))
+
+    # two processes (gloo) with the same global batch
+    two = tmp_path / "two"
+    res = run_cli(["train", str(cfg), "--output-dir", str(two), "--no-progress", "--num-processes", "2"])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert losses(two) == pytest.approx(reference, rel=1e-4)
+
+    # the exported folder loads and generates; `export` writes the same from a checkpoint
+    from diffusers_lumina_mgpt import LuminaMGPTPipeline
+
+    pipe = LuminaMGPTPipeline.from_pretrained(str(whole / "pipeline"))
+    out = pipe("a red circle", height=48, width=80, generator=torch.Generator().manual_seed(0), guidance_scale=2.0)
+    assert out.images[0].size == (80, 48)
+    res = run_cli(["export", str(whole / "checkpoints" / "step-8"), "--out", str(tmp_path / "exported")])
+    assert res.returncode == 0, res.stderr
+    again = LuminaMGPTPipeline.from_pretrained(str(tmp_path / "exported"))
+    for a, b in zip(pipe.transformer.state_dict().values(), again.transformer.state_dict().values()):
+        assert torch.equal(a, b)
+    assert again.config.default_size == 64
+
+
+# ----------------------------------------------------------------------------- VQ
+def test_train_vq_learns_resumes_and_reports(tmp_path):
+    from diffusers_lumina_mgpt.training.vq_train import load_vq_config, train_vq
+
+    overrides = ["train.steps=40", "data.shapes=60", "data.eval_images=8", "train.batch_size=8",
+                 "train.checkpoint_every=20", "train.restart_every=10", "model.block_out_channels=[8, 8, 16, 16]",
+                 "model.num_vq_embeddings=64", "model.latent_channels=8", "train.threads=1"]
+    whole = train_vq(load_vq_config(None, overrides), tmp_path / "a", progress=False)
+    rows = read_metrics(tmp_path / "a")
+    assert np.mean([r["recon"] for r in rows[-5:]]) < 0.8 * np.mean([r["recon"] for r in rows[:5]])
+    assert whole["codes_used"] > 1 and whole["perplexity"] > 1 and 5 < whole["psnr"] < 60
+    # stop after 20 steps, resume: the same losses as one go
+    train_vq(load_vq_config(None, [*overrides, "train.steps=40"]), tmp_path / "b", progress=False)
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "vqvae")
+    (tmp_path / "b" / "vq_eval.json").unlink()
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-40")
+    resumed = train_vq(load_vq_config(None, overrides), tmp_path / "b", progress=False)
+    assert [r["loss"] for r in read_metrics(tmp_path / "b")] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert resumed == whole
+    from diffusers import VQModel
+
+    assert VQModel.from_pretrained(str(tmp_path / "a" / "vqvae")).config.num_vq_embeddings == 64
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "stage": "a" if i < 5 else "b",
+                                                                "loss": 5.0 / i}) + "\n" for i in range(1, 10)))
+    res = run_cli(["plot", str(tmp_path), "-o", str(tmp_path / "l.png")])
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "l.png").size[0] > 100
