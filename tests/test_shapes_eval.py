@@ -114,3 +114,15 @@ def test_eval_a_lumina_mgpt_pipeline_folder(tiny_pipe_dir, tmp_path):
     assert set(result["families"]) == {"counting"} and result["size"] == [64, 32]
     saved = sorted(images.glob("*.png"))
     assert len(saved) == 1 and Image.open(saved[0]).size == (64, 32)
+
+
+def test_batched_eval_scores_every_prompt(tiny_pipe_dir, tmp_path):
+    """--batch-size sends several prompts per call, one seeded generator each; every prompt is scored."""
+    from diffusers_lumina_mgpt.shapes.evaluate import evaluate_shapes
+
+    result = evaluate_shapes(str(tiny_pipe_dir), n=2, families=["counting", "colors"], size=(64, 64),
+                             progress=False, batch_size=3, image_dir=tmp_path)
+    assert len(result["prompts"]) == len(list(tmp_path.glob("*.png"))) == 2 * 2 + 2  # + held-out colors
+    again = evaluate_shapes(str(tiny_pipe_dir), n=2, families=["counting", "colors"], size=(64, 64),
+                            progress=False, batch_size=3)
+    assert [r["passed"] for r in again["prompts"]] == [r["passed"] for r in result["prompts"]]

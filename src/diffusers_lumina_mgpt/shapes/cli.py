@@ -88,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--task", default="t2i", choices=[*TASKS],
                     help="t2i scores text-to-image by prompt family; the others replay ShapesWorld Omni records "
                          "(caption, vqa, edit, multiedit, segmentation, depth, noedit) through LuminaMGPTEditPipeline")
+    ev.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (one generator each)")
     ev.add_argument("--save-images", help="also save every generated image in this folder")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
@@ -168,7 +169,8 @@ def _eval(args: argparse.Namespace) -> int:
                    if v is not None}
     result = evaluate_shapes(args.model, n=args.n, seed=args.seed, families=args.families, size=args.size,
                              ground_truth=args.ground_truth, device=args.device, dtype=args.dtype,
-                             call_kwargs=call_kwargs, progress=not args.no_progress, image_dir=args.save_images)
+                             call_kwargs=call_kwargs, progress=not args.no_progress, image_dir=args.save_images,
+                             batch_size=args.batch_size)
     print(f"ShapesWorld scores of {result['model']} ({args.n} prompts per family, seed {args.seed}, "
           f"{args.size[0]}x{args.size[1]})")
     for fam, acc in result["families"].items():

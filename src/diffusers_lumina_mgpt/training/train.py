@@ -311,6 +311,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         if main:
             print(f"resuming from {resume} (step {global_step})", flush=True)
     metrics = MetricsLog(run / "metrics.jsonl", resume_step=global_step, enabled=main)
+    board = _tensorboard(run) if main else None
     total = sum(int(st["steps"]) for st in config["stages"])
     bar = tqdm(total=total, initial=global_step, desc="train", disable=not (progress and main))
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -352,6 +353,10 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                    "grad_norm": None if grad_norm is None else float(grad_norm),
                    "tokens_per_s": n_tokens / (time.perf_counter() - t0), "supervised_tokens": supervised}
             metrics.write(row)
+            if board is not None:
+                for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                    if row[key] is not None:
+                        board.add_scalar(f"{key}/{st['name']}" if key == "loss" else key, row[key], global_step)
             bar.update()
             bar.set_postfix(stage=st["name"], loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if global_step % int(tr["checkpoint_every"]) == 0 or global_step == start + steps:
@@ -360,6 +365,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                                 lambda tmp: _save(accelerator, tmp, clean), keep=int(tr["keep_checkpoints"]),
                                 is_main=main, barrier=accelerator.wait_for_everyone)
     bar.close()
+    if board is not None:
+        board.close()
     out = run / "pipeline"
     weights = accelerator.get_state_dict(model)  # gathers FSDP shards; every process takes part
     if main:
@@ -370,6 +377,15 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def _tensorboard(run: Path):
+    """A TensorBoard writer into DIR/tensorboard when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
 
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
