@@ -1,8 +1,9 @@
 """`lumina-mgpt train-vq`: train a small diffusers `VQModel` image tokenizer (e.g. for ShapesWorld).
 
 Losses: reconstruction (L1 + MSE on pixels in [-1, 1]), codebook (|sg(z) - e|^2) and commitment
-(beta |z - sg(e)|^2) with a straight-through estimator; codes unused for `restart_every` steps are
-restarted on random encoder outputs of the current batch (dead-code restart). Training crops are
+(beta |z - sg(e)|^2) with a straight-through estimator; the codebook starts on encoder outputs of a
+first batch, and codes unused for `restart_every` steps are restarted on random encoder outputs of the
+current batch (dead-code restart). Training crops are
 `crop` x `crop` squares from a fixed pool of images (ShapesWorld renders of every kind the Omni tasks
 need: scenes, degraded scenes, segmentation and depth maps, at native and reduced resolution, or
 an image folder). Checkpoints, resume and metrics.jsonl follow the same rules as `train`
@@ -37,6 +38,7 @@ VQ_DEFAULTS: dict[str, Any] = {
     "train": {
         "steps": 3000, "batch_size": 48, "crop": 32, "lr": 2e-3, "warmup": 100, "beta": 0.25,
         "restart_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "threads": None,
+        "mse_weight": 1.0,
     },
 }
 
@@ -129,14 +131,14 @@ def quantize(vqvae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, quant
 
 
-def vq_losses(vqvae, pixels: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+def vq_losses(vqvae, pixels: torch.Tensor, beta: float, mse_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
     latents = vqvae.encode(pixels).latents
     codes, quant = quantize(vqvae, latents)
     codebook_loss = F.mse_loss(quant, latents.detach())
     commit_loss = F.mse_loss(latents, quant.detach())
     straight = latents + (quant - latents).detach()
     recon = vqvae.decode(straight, force_not_quantize=True).sample
-    rec_loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels)
+    rec_loss = F.l1_loss(recon, pixels) + mse_weight * F.mse_loss(recon, pixels)
     loss = rec_loss + codebook_loss + beta * commit_loss
     parts = {"recon": float(rec_loss.detach()), "codebook": float(codebook_loss.detach()), "commit": float(commit_loss.detach())}
     return loss, parts, codes, latents
@@ -242,13 +244,17 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
         state = read_state(resume)
         start = int(state["step"])
         usage = torch.tensor(state["usage"])
+    else:  # data-dependent codebook init: every code starts on an encoder output of a first batch
+        with torch.no_grad():
+            first = random_crops(pool, max(int(tr["batch_size"]), 64), crop, np.random.default_rng([config["seed"], 2**31 - 1]))
+            restart_dead_codes(vqvae, torch.zeros_like(usage), vqvae.encode(first).latents)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=True)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train-vq", disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
         rng = np.random.default_rng([config["seed"], step])  # batch = f(seed, step): resume-exact
         pixels = random_crops(pool, int(tr["batch_size"]), crop, rng)
-        loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"])
+        loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"], float(tr["mse_weight"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,186 @@
+"""Score a ShapesWorld pipeline the way docs/default-model.md reports it, and draw its pictures.
+
+    python examples/shapesworld/report.py --model src/diffusers_lumina_mgpt/models/shapesworld \
+        --run runs/default --out docs/default-model --n 200
+
+Writes OUT/scores.json (every number), OUT/loss.png (training curves, when --run is given),
+OUT/t2i-grid.png (generated images per prompt family), OUT/tasks-grid.png (input -> answer per Omni
+task). Parts: t2i at the default size and two other aspect ratios (`eval shapes`), every Omni task
+(`eval shapes --task ...`), and AR vs speculative Jacobi decoding (forwards per image token, score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+SIZES = [(64, 64), (80, 48), (128, 32)]
+TASKS = ["caption", "vqa", "edit", "multiedit", "segmentation", "depth", "noedit"]
+
+
+def t2i_scores(model: str, n: int, seed: int, guidance: float, batch: int, out: Path) -> dict:
+    from diffusers_lumina_mgpt.shapes.evaluate import evaluate_shapes
+
+    scores = {}
+    for w, h in SIZES:
+        t0 = time.perf_counter()
+        res = evaluate_shapes(model, n=n, seed=seed, size=(w, h), call_kwargs={"guidance_scale": guidance},
+                              progress=False, batch_size=batch)
+        res.pop("prompts")
+        res["seconds"] = time.perf_counter() - t0
+        scores[f"{w}x{h}"] = res
+        print(f"t2i {w}x{h}: overall {res['overall']:.3f} {res['families']} held-out {res['heldout']}", flush=True)
+        (out / "scores.json").write_text(json.dumps({"t2i": scores}, indent=1))
+    return scores
+
+
+def task_scores(pipe, n: int, seed: int) -> dict:
+    from diffusers_lumina_mgpt.shapes.task_eval import evaluate_tasks
+
+    result = {}
+    for task in TASKS:
+        t0 = time.perf_counter()
+        result.update(evaluate_tasks(pipe, [task], n, seed, guidance_scale=1.0, progress=False))
+        result[task]["seconds"] = time.perf_counter() - t0
+        print(f"{task}: {result[task]}", flush=True)
+    return result
+
+
+def jacobi_vs_ar(pipe, n: int, seed: int, guidance: float) -> dict:
+    """Same prompts, seeds and settings through both schedulers, one image per call."""
+    from diffusers_lumina_mgpt import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
+    from diffusers_lumina_mgpt.shapes.evaluate import make_prompt_items
+    from diffusers_lumina_mgpt.shapes.scorer import check_spec, detect
+
+    items = [it for it in make_prompt_items(None, n, seed + 1) if it.split == "train"]
+    layout_tokens = 8 * 8  # image-code tokens of a 64x64 image (8 px per code)
+    out = {}
+    for name, sched in (("ar", LuminaMGPTARScheduler.from_config(pipe.scheduler.config)),
+                        ("jacobi", LuminaMGPTJacobiScheduler.from_config(pipe.scheduler.config, num_drafts=16))):
+        pipe.scheduler = sched
+        passed, forwards, t0 = [], [], time.perf_counter()
+        for it in items:
+            res = pipe(it.spec.text, height=64, width=64, guidance_scale=guidance,
+                       generator=torch.Generator().manual_seed(it.seed))
+            passed.append(check_spec(it.spec, detect(res.images[0]).objects)[0])
+            forwards.append(res.num_forward_passes)
+        out[name] = {"score": float(np.mean(passed)), "prompts": len(items),
+                     "forwards_per_image": float(np.mean(forwards)),
+                     "forwards_per_image_token": float(np.mean(forwards)) / layout_tokens,
+                     "seconds_per_image": (time.perf_counter() - t0) / len(items)}
+        print(f"{name}: {out[name]}", flush=True)
+    pipe.scheduler = LuminaMGPTARScheduler.from_config(pipe.scheduler.config)
+    return out
+
+
+def label(image: Image.Image, text: str, scale: int = 3) -> Image.Image:
+    big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (max(big.width, 8), big.height + 14), (255, 255, 255))
+    canvas.paste(big, (0, 14))
+    ImageDraw.Draw(canvas).text((2, 1), text[:40], fill=(0, 0, 0))
+    return canvas
+
+
+def grid(rows: list[list[Image.Image]], gap: int = 6) -> Image.Image:
+    width = max(sum(im.width for im in row) + gap * (len(row) - 1) for row in rows)
+    height = sum(max(im.height for im in row) for row in rows) + gap * (len(rows) - 1)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for row in rows:
+        x = 0
+        for im in row:
+            sheet.paste(im, (x, y))
+            x += im.width + gap
+        y += max(im.height for im in row) + gap
+    return sheet
+
+
+def t2i_grid(pipe, guidance: float, seed: int) -> Image.Image:
+    from diffusers_lumina_mgpt.shapes.language import FAMILIES, make_prompt
+
+    rows = []
+    rng = np.random.default_rng(seed)
+    for fam in FAMILIES:
+        row = []
+        for k in range(4):
+            spec = make_prompt(fam, rng, "train")
+            w, h = SIZES[k % len(SIZES)]
+            im = pipe(spec.text, height=h, width=w, guidance_scale=guidance,
+                      generator=torch.Generator().manual_seed(k)).images[0]
+            row.append(label(im, spec.text))
+        rows.append(row)
+    return grid(rows)
+
+
+def tasks_grid(pipe, seed: int) -> Image.Image:
+    from diffusers_lumina_mgpt.shapes.task_eval import replay
+    from diffusers_lumina_mgpt.shapes.tasks import make_records
+
+    rows = []
+    for task in TASKS:
+        rec = make_records(task, 1, seed=seed + 3)[0]
+        outputs = replay(pipe, rec, seed, 1.0, None)
+        row = [label(rec.images[0], f"{task}: input")]
+        for i, o in enumerate(outputs):
+            if isinstance(o, str):
+                text = Image.new("RGB", (240, 64), (255, 255, 255))
+                ImageDraw.Draw(text).multiline_text((2, 2), "\n".join(o[k:k + 38] for k in range(0, len(o), 38))[:200],
+                                                    fill=(0, 0, 0))
+                row.append(text)
+            else:
+                row.append(label(o, f"answer {i + 1}"))
+        rows.append(row)
+    return grid(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--run", help="the training run folder (for the loss curves)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=200, help="prompts per family / records per task")
+    parser.add_argument("--n-jacobi", type=int, default=20, help="prompts per family for AR vs Jacobi")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--parts", nargs="+", default=["t2i", "tasks", "jacobi", "pictures"])
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from diffusers_lumina_mgpt import LuminaMGPTEditPipeline, LuminaMGPTPipeline
+
+    pipe = LuminaMGPTEditPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    t2i = LuminaMGPTPipeline.from_pipe(pipe)
+    t2i.set_progress_bar_config(disable=True)
+    path = out / "scores.json"
+    scores = json.loads(path.read_text()) if path.is_file() else {}
+    settings = {"n": args.n, "seed": args.seed, "guidance_scale": args.guidance,
+                "image_top_k": pipe.scheduler.config.image_top_k, "threads": torch.get_num_threads()}
+    scores["settings"] = settings
+    if "t2i" in args.parts:
+        scores["t2i"] = t2i_scores(args.model, args.n, args.seed, args.guidance, args.batch, out)
+        path.write_text(json.dumps(scores, indent=1))
+    if "tasks" in args.parts:
+        scores["tasks"] = task_scores(pipe, args.n, args.seed)
+        path.write_text(json.dumps(scores, indent=1))
+    if "jacobi" in args.parts:
+        scores["jacobi_vs_ar"] = jacobi_vs_ar(t2i, args.n_jacobi, args.seed, args.guidance)
+        path.write_text(json.dumps(scores, indent=1))
+    if "pictures" in args.parts:
+        t2i_grid(t2i, args.guidance, args.seed).save(out / "t2i-grid.png")
+        tasks_grid(pipe, args.seed).save(out / "tasks-grid.png")
+        if args.run:
+            from diffusers_lumina_mgpt.training.plot import plot_run
+
+            plot_run(args.run, out / "loss.png")
+
+
+if __name__ == "__main__":
+    main()
