@@ -10,7 +10,6 @@ batch. Prompt dropout (for classifier-free guidance) is drawn per row from the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from ..conversation import IGNORE_INDEX
-from .pretokenize import FORMAT_VERSION, MANIFEST
+from .pretokenize import FORMAT_VERSION, MANIFEST, sha256_file
 
 
 class CorruptDataError(ValueError):
@@ -52,7 +51,7 @@ class PretokenizedDataset:
             file = self.folder / shard["file"]
             if not file.is_file():
                 raise CorruptDataError(f"{file} is missing; re-run pretokenize with the same arguments to rebuild it")
-            if verify and _sha256(file) != shard["sha256"]:
+            if verify and sha256_file(file) != shard["sha256"]:
                 raise CorruptDataError(f"{file} is corrupt or truncated (sha256 mismatch); delete it and its .json "
                                        "sidecar, then re-run pretokenize with the same arguments")
             try:
@@ -78,14 +77,6 @@ class PretokenizedDataset:
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         s, a, b = self.index[i]
         return self.ids[s][a:b], self.labels[s][a:b]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def mixture_counts(ratios: list[float], batch_size: int) -> list[int]:
@@ -180,11 +171,6 @@ def collate(rows: list[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, :len(r.ids)] = torch.from_numpy(r.ids.astype(np.int64))
         labels[i, :len(r.labels)] = torch.from_numpy(r.labels.astype(np.int64))
     return ids, labels
-
-
-def describe(datasets: list[PretokenizedDataset]) -> dict[str, Any]:
-    return {str(ds.folder): {"rows": len(ds), "tokens": int(ds.lengths.sum()),
-                             "mean_length": float(ds.lengths.mean())} for ds in datasets}
 
 
 __all__ = ["CorruptDataError", "MixtureBatches", "PretokenizedDataset", "collate", "mixture_counts"]

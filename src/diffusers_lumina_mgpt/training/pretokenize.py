@@ -101,7 +101,7 @@ class Tokenizing:
 
 
 # ----------------------------------------------------------------------------- shards
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -125,7 +125,7 @@ def write_shard(out: Path, c: int, rows: list[tuple[np.ndarray, np.ndarray, str]
     save_file({"input_ids": ids, "labels": labels, "offsets": offsets}, str(tmp))
     os.replace(tmp, out / f"{name}.safetensors")
     meta = {"file": f"{name}.safetensors", "rows": len(rows), "tokens": int(len(ids)),
-            "sha256": _sha256(out / f"{name}.safetensors"), "tasks": [r[2] for r in rows],
+            "sha256": sha256_file(out / f"{name}.safetensors"), "tasks": [r[2] for r in rows],
             "skipped": [[s.reason, s.key, s.detail] for s in skipped]}
     tmp_meta = out / f".{name}.json.tmp"
     tmp_meta.write_text(json.dumps(meta))
@@ -212,4 +212,4 @@ def skipped_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMAT_VERSION", "Tokenizing", "load_components", "load_vqvae", "pretokenize", "skipped_table"]
+__all__ = ["FORMAT_VERSION", "Tokenizing", "load_components", "load_vqvae", "pretokenize", "sha256_file", "skipped_table"]

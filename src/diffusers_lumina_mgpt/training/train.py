@@ -191,8 +191,7 @@ def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dic
         out = run / "data" / stage["name"] / f"{k}"
         manifest = pretokenize(src, base, int(stage["size"]), out, num_proc=int(config["data"]["num_proc"]),
                                max_length=config["data"]["max_length"], progress=progress)
-        if progress:
-            print(f"[{stage['name']}] {d['source']}: {skipped_table(manifest)}", flush=True)
+        print(f"[{stage['name']}] {d['source']}: {skipped_table(manifest)}", flush=True)
         folders.append(out)
     return folders
 
