@@ -1,12 +1,13 @@
-"""Score a ShapesWorld pipeline the way docs/default-model.md reports it, and draw its pictures.
+"""Score a ShapesWorld pipeline on every family and task, and draw its pictures (the default-model report).
 
     python examples/shapesworld/report.py --model src/diffusers_lumina_mgpt/models/shapesworld \
         --run runs/default --out docs/default-model --n 200
 
 Writes OUT/scores.json (every number), OUT/loss.png (training curves, when --run is given),
 OUT/t2i-grid.png (generated images per prompt family), OUT/tasks-grid.png (input -> answer per Omni
-task). Parts: t2i at the default size and two other aspect ratios (`eval shapes`), every Omni task
-(`eval shapes --task ...`), and AR vs speculative Jacobi decoding (forwards per image token, score).
+task). Parts: a sampling sweep (guidance x image top-k, `--parts sweep`), t2i at the default size and two other
+aspect ratios (`eval shapes`), every Omni task (`eval shapes --task ...`), and AR vs speculative Jacobi
+decoding (forwards per image token, score).
 """
 
 from __future__ import annotations
@@ -77,6 +78,22 @@ def jacobi_vs_ar(pipe, n: int, seed: int, guidance: float) -> dict:
         print(f"{name}: {out[name]}", flush=True)
     pipe.scheduler = LuminaMGPTARScheduler.from_config(pipe.scheduler.config)
     return out
+
+
+def sweep(model: str, n: int, seed: int, batch: int) -> list[dict]:
+    """Sampling settings (guidance scale x image top-k) on a small set of prompts at 64x64."""
+    from diffusers_lumina_mgpt.shapes.evaluate import evaluate_shapes
+
+    rows = []
+    for guidance in (1.5, 3.0, 5.0):
+        for top_k in (None, 100, 10):
+            kwargs = {"guidance_scale": guidance, **({"image_top_k": top_k} if top_k else {})}
+            res = evaluate_shapes(model, n=n, seed=seed + 100, size=(64, 64), call_kwargs=kwargs, progress=False,
+                                  batch_size=batch)
+            rows.append({"guidance_scale": guidance, "image_top_k": top_k, "overall": res["overall"],
+                         "heldout": res["heldout"]["overall"]})
+            print(rows[-1], flush=True)
+    return rows
 
 
 def label(image: Image.Image, text: str, scale: int = 3) -> Image.Image:
@@ -164,6 +181,9 @@ def main() -> None:
     settings = {"n": args.n, "seed": args.seed, "guidance_scale": args.guidance,
                 "image_top_k": pipe.scheduler.config.image_top_k, "threads": torch.get_num_threads()}
     scores["settings"] = settings
+    if "sweep" in args.parts:
+        scores["sweep"] = sweep(args.model, args.n, args.seed, args.batch)
+        path.write_text(json.dumps(scores, indent=1))
     if "t2i" in args.parts:
         scores["t2i"] = t2i_scores(args.model, args.n, args.seed, args.guidance, args.batch, out)
         path.write_text(json.dumps(scores, indent=1))

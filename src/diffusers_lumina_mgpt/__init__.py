@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# The shipped ShapesWorld model: a diffusers pipeline folder inside the package (see docs/default-model.md).
+# Where a shipped default model lies: a diffusers pipeline folder inside the package (none ships yet;
+# commands that fall back to it say so and ask for --model).
 DEFAULT_MODEL: str = str(Path(__file__).resolve().parent / "models" / "shapesworld")
 
 # public name -> module (relative to this package) that defines it

@@ -1,8 +1,9 @@
 """The shipped default model: where it lies and how commands fall back to it.
 
-`diffusers_lumina_mgpt.DEFAULT_MODEL` is a diffusers pipeline folder inside the package, a small
-Lumina-mGPT trained on ShapesWorld by `examples/shapesworld/default.yaml` (docs/default-model.md).
-Commands that take `--model` use it when none is given.
+`diffusers_lumina_mgpt.DEFAULT_MODEL` is where the package carries its default pipeline folder
+(`models/shapesworld/`, a small Lumina-mGPT trained on ShapesWorld by `examples/shapesworld/default.yaml`
+once its scores justify shipping it). Commands that take `--model` use it when none is given, and say
+how to fix the call when the install has none.
 """
 
 from __future__ import annotations
