@@ -89,7 +89,7 @@ def _generate(args: argparse.Namespace) -> int:
     image = out.images[0]
     settings = {
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "height": image.height,
-        "width": image.width, "seed": args.seed, "scheduler": type(pipe.scheduler).__name__,
+        "width": image.width, "seed": args.seed, "scheduler": "jacobi" if isinstance(pipe.scheduler, LuminaMGPTJacobiScheduler) else "ar",
         "guidance_scale": args.guidance_scale,
         "image_top_k": args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k,
         "temperature": args.temperature if args.temperature is not None else pipe.scheduler.config.temperature,
