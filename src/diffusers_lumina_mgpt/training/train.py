@@ -16,6 +16,7 @@ by the whole global batch's supervised-token count, so the per-step loss is the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -333,7 +334,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                 ids, labels = collate(rows, vocab.pad_id)
                 ids, labels = ids.to(accelerator.device), labels.to(accelerator.device)
                 sync = k == len(micro) - 1
-                ctx = accelerator.no_sync(model) if not sync else _null()
+                ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     logits = model(ids).logits
                     part = causal_lm_loss(logits, labels, z_weight, reduction="sum")
@@ -401,14 +402,6 @@ def _save(accelerator, folder: Path, config: dict[str, Any]) -> None:
         (folder / "run_config.json").write_text(json.dumps(config, indent=1))
         model = accelerator.unwrap_model(accelerator._models[0])
         (folder / "transformer_config.json").write_text(json.dumps(dict(model.config), indent=1))
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------- export
