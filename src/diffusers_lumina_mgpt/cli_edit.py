@@ -1,6 +1,6 @@
 """`lumina-mgpt edit` and `lumina-mgpt chat`: image-to-image (Omni tasks) and conversation from the shell.
 
-Both use `LuminaMGPTEditPipeline` over a pipeline folder (default: the shipped ShapesWorld model).
+Both use `LuminaMGPTEditPipeline` over a pipeline folder (default: `DEFAULT_MODEL`, when the install ships one).
 `chat` answers one message when given one, else reads messages from stdin, one per line, streaming
 each answer; `/image PATH` attaches an image to the next message and `/reset` clears the history.
 Image answers are written as `chat-N.png` beside `--out-dir`.
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ed.add_argument("prompt", nargs="?", help="the instruction (task edit), object (detection) or caption (condition)")
     ed.add_argument("--task", default="edit", help="edit, segmentation, depth, surface_normal, pose, detection, "
                                                    "condition, or denoise (no-edit denoising)")
-    ed.add_argument("--model", help="pipeline folder (default: the shipped ShapesWorld model)")
+    ed.add_argument("--model", help="pipeline folder (default: DEFAULT_MODEL, when the install ships one)")
     ed.add_argument("--seed", type=int, default=0)
     ed.add_argument("--guidance-scale", type=float, default=1.0)
     ed.add_argument("--image-top-k", type=int)
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                epilog='example: lumina-mgpt chat "What is in this image? <|image|>" --image scene.png')
     ch.add_argument("message", nargs="?", help="one message to answer (default: read messages from stdin)")
     ch.add_argument("--image", action="append", default=[], help="image(s) for the message (repeatable)")
-    ch.add_argument("--model", help="pipeline folder (default: the shipped ShapesWorld model)")
+    ch.add_argument("--model", help="pipeline folder (default: DEFAULT_MODEL, when the install ships one)")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--text-top-k", type=int, default=1, help="1 = greedy answers")
     ch.add_argument("--max-new-tokens", type=int, default=128)
@@ -43,26 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(model: str | None):
-    from .default_model import resolve_model
+    from .default_model import pipeline_folder
     from .pipelines import LuminaMGPTEditPipeline
 
-    path = resolve_model(model)
-    if not (Path(path) / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json)")
-    pipe = LuminaMGPTEditPipeline.from_pretrained(path)
+    pipe = LuminaMGPTEditPipeline.from_pretrained(str(pipeline_folder(model)))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def _image(path: str):
-    from PIL import Image
+    """The image file, read before the model loads so a bad path fails at once."""
+    from .image_processor import load_image
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        return Image.open(path).convert("RGB")
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable image ({err})") from err
+    return load_image(path)
 
 
 def _edit(args: argparse.Namespace) -> int:

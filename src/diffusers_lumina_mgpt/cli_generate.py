@@ -25,12 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.set_defaults(func=_convert)
 
     gen = subparsers.add_parser(
-        "generate", help="generate an image from a prompt (default: the shipped ShapesWorld model)",
+        "generate", help="generate an image from a prompt with a pipeline folder",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog='example: lumina-mgpt generate "a red circle to the left of a blue square" -o out.png')
     gen.add_argument("prompt")
-    gen.add_argument("--model", help="LuminaMGPTPipeline folder (see `lumina-mgpt convert`); default: the shipped "
-                                     "ShapesWorld model (diffusers_lumina_mgpt.DEFAULT_MODEL)")
+    gen.add_argument("--model", help="LuminaMGPTPipeline folder (see `lumina-mgpt convert`); default: "
+                                     "diffusers_lumina_mgpt.DEFAULT_MODEL, when the install ships one")
     gen.add_argument("--height", type=int, help="default: the model's default size")
     gen.add_argument("--width", type=int, help="default: the model's default size")
     gen.add_argument("--seed", type=int, default=0)
@@ -66,11 +66,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipelines import LuminaMGPTPipeline
     from .schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 
-    from .default_model import resolve_model
+    from .default_model import pipeline_folder
 
-    args.model = resolve_model(args.model)
-    if not (Path(args.model) / "model_index.json").is_file():
-        raise FileNotFoundError(f"{args.model} is not a pipeline folder (no model_index.json); run `lumina-mgpt convert`")
+    args.model = str(pipeline_folder(args.model))
     if not args.output.lower().endswith(".png"):
         raise ValueError(f"--output must be a .png file (settings are stored in its metadata), got {args.output}")
     dtype = parse_dtype(args.dtype)
@@ -89,7 +87,8 @@ def _generate(args: argparse.Namespace) -> int:
     image = out.images[0]
     settings = {
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "height": image.height,
-        "width": image.width, "seed": args.seed, "scheduler": "jacobi" if isinstance(pipe.scheduler, LuminaMGPTJacobiScheduler) else "ar",
+        "width": image.width, "seed": args.seed,
+        "scheduler": "jacobi" if isinstance(pipe.scheduler, LuminaMGPTJacobiScheduler) else "ar",
         "guidance_scale": args.guidance_scale,
         "image_top_k": args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k,
         "temperature": args.temperature if args.temperature is not None else pipe.scheduler.config.temperature,

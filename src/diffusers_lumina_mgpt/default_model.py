@@ -21,3 +21,13 @@ def resolve_model(model: str | Path | None) -> str:
         raise ValueError(f"this install has no default model (expected at {DEFAULT_MODEL}); pass --model DIR "
                          "(a pipeline folder, e.g. from `lumina-mgpt convert`)")
     return DEFAULT_MODEL
+
+
+def pipeline_folder(model: str | Path | None) -> Path:
+    """The pipeline folder to load (`model`, or the default model); FileNotFoundError unless it holds a
+    model_index.json."""
+    path = Path(resolve_model(model))
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json); pass a folder saved with "
+                                "save_pretrained or made by `lumina-mgpt convert`")
+    return path

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ev = eval_subparsers(subparsers).add_parser("shapes", help="GenEval-style ShapesWorld scores of a pipeline")
     ev.add_argument("--model", help="pipeline folder (ours or any diffusers text-to-image pipeline; "
-                                    "default: the shipped ShapesWorld model)")
+                                    "default: DEFAULT_MODEL, when the install ships one)")
     ev.add_argument("--ground-truth", action="store_true", help="score the ground-truth renders (checks the scorer)")
     ev.add_argument("--n", type=int, default=10, help="prompts per family (and per held-out family)")
     ev.add_argument("--seed", type=int, default=0)

@@ -68,12 +68,10 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, dtype: str |
     """A pipeline folder: a `diffusers_lumina_mgpt` class if model_index.json names one, else any diffusers pipeline."""
     import torch
 
-    path = Path(model_dir)
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json); pass a folder saved with "
-                                "save_pretrained or made by `lumina-mgpt convert`")
-    name = json.loads(index.read_text()).get("_class_name")
+    from ..default_model import pipeline_folder
+
+    path = pipeline_folder(model_dir)
+    name = json.loads((path / "model_index.json").read_text()).get("_class_name")
     import diffusers_lumina_mgpt
 
     try:

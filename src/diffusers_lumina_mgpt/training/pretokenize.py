@@ -175,7 +175,7 @@ def pretokenize(source: Source, model_dir: str | Path, size: int, out_dir: str |
     todo = [c for c in range(source.num_chunks) if c not in done]
     bar = tqdm(total=source.num_chunks, initial=len(done), desc=f"pretokenize {source.spec}", disable=not progress)
     threads = max(1, (os.cpu_count() or 1) // max(1, num_proc))
-    if num_proc <= 1:
+    if num_proc <= 1 and todo:  # a finished folder loads no model
         _init_worker(str(model_dir), size, max_length, torch.get_num_threads())
         for c in todo:
             _run_chunk(source, c, str(out))

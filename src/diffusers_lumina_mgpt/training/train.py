@@ -144,7 +144,7 @@ def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
             shutil.copytree(src / sub, tmp / sub)
     else:
         from .pretokenize import load_vqvae
-        from .records import Record, open_source
+        from .records import Record
         from .text_tokenizer import train_text_tokenizer
         from .vq_train import load_vq_config, train_vq
 
@@ -163,8 +163,7 @@ def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
         texts = []
         for st in config["stages"]:
             for d in st["data"]:
-                src = open_source(_source_spec(config, d), d.get("n"), int(d.get("seed", config["seed"])),
-                                  config["data"]["chunk_size"])
+                src = _open_source(config, d)
                 for c in range(min(src.num_chunks, 4)):  # a sample of each source is enough for a BPE
                     texts += [t["value"] for r in src.chunk(c) if isinstance(r, Record) for t in r.conversations]
         tokenizer = train_text_tokenizer(texts, int(model["text_vocab_size"]), int(vqvae.config.num_vq_embeddings),
@@ -176,19 +175,21 @@ def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
     return base
 
 
-def _source_spec(config: dict[str, Any], d: dict[str, Any]) -> str:
-    src = str(d["source"])
-    return src if src.startswith("shapes:") else str(resolve_path(config, src))
+def _open_source(config: dict[str, Any], d: dict[str, Any]):
+    """A stage's data entry as a `records.Source` (paths relative to the config file)."""
+    from .records import open_source
+
+    spec = str(d["source"])
+    spec = spec if spec.startswith("shapes:") else str(resolve_path(config, spec))
+    return open_source(spec, d.get("n"), int(d.get("seed", config["seed"])), config["data"]["chunk_size"])
 
 
 def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dict[str, Any], progress: bool) -> list[Path]:
     from .pretokenize import pretokenize, skipped_table
-    from .records import open_source
 
     folders = []
     for k, d in enumerate(stage["data"]):
-        src = open_source(_source_spec(config, d), d.get("n"), int(d.get("seed", config["seed"])),
-                          config["data"]["chunk_size"])
+        src = _open_source(config, d)
         out = run / "data" / stage["name"] / f"{k}"
         manifest = pretokenize(src, base, int(stage["size"]), out, num_proc=int(config["data"]["num_proc"]),
                                max_length=config["data"]["max_length"], progress=progress)

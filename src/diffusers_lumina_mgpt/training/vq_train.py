@@ -158,22 +158,33 @@ def restart_dead_codes(vqvae, usage: torch.Tensor, latents: torch.Tensor) -> int
 
 
 @torch.no_grad()
-def evaluate_vq(vqvae, images: list[Image.Image]) -> dict[str, float]:
-    """Held-out reconstruction PSNR (dB, on uint8 pixels) and codebook usage over `images`."""
-    from ..vq import vq_decode_codes, vq_downsample_factor, vq_encode_codes, vq_num_codes
+def round_trip(vqvae, image: Image.Image) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
+    """(pixels, codes, reconstruction) of `image` cropped to a multiple of the downsample factor;
+    pixels and reconstruction (1, 3, H, W) in [-1, 1], codes (1, h, w)."""
+    from ..vq import vq_decode_codes, vq_downsample_factor, vq_encode_codes
 
     f = vq_downsample_factor(vqvae)
+    w, h = image.size[0] // f * f, image.size[1] // f * f
+    pixels = to_pixels(image.crop((0, 0, w, h)))[None]
+    codes = vq_encode_codes(vqvae, pixels)
+    return pixels, codes, vq_decode_codes(vqvae, codes).clamp(-1, 1)
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:  # [-1, 1] -> rounded 0..255 values, same shape
+    return ((pixels + 1) * 127.5).round()
+
+
+@torch.no_grad()
+def evaluate_vq(vqvae, images: list[Image.Image]) -> dict[str, float]:
+    """Held-out reconstruction PSNR (dB, on uint8 pixels) and codebook usage over `images`."""
+    from ..vq import vq_num_codes
+
     counts = torch.zeros(vq_num_codes(vqvae))
     psnrs = []
     for im in images:
-        w, h = im.size[0] // f * f, im.size[1] // f * f
-        pixels = to_pixels(im.crop((0, 0, w, h)))[None]
-        codes = vq_encode_codes(vqvae, pixels)
+        pixels, codes, recon = round_trip(vqvae, im)
         counts += torch.bincount(codes.flatten(), minlength=counts.numel()).float()
-        recon = vq_decode_codes(vqvae, codes).clamp(-1, 1)
-        a = ((pixels + 1) * 127.5).round()
-        b = ((recon + 1) * 127.5).round()
-        mse = float(((a - b) ** 2).mean())
+        mse = float(((to_uint8(pixels) - to_uint8(recon)) ** 2).mean())
         psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
     p = counts / counts.sum()
     perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
@@ -185,20 +196,15 @@ def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, float]:
     """Share of ShapesWorld records whose ground-truth images still pass the scorer after a VQ round
     trip: the ceiling of any model that draws with this tokenizer."""
     from ..shapes.tasks import make_records
-    from ..vq import vq_decode_codes, vq_downsample_factor, vq_encode_codes
 
-    f = vq_downsample_factor(vqvae)
-
-    @torch.no_grad()
-    def round_trip(image: Image.Image) -> Image.Image:
-        w, h = image.size[0] // f * f, image.size[1] // f * f
-        recon = vq_decode_codes(vqvae, vq_encode_codes(vqvae, to_pixels(image.crop((0, 0, w, h)))[None]))
-        return Image.fromarray(((recon[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+    def decoded(image: Image.Image) -> Image.Image:
+        recon = to_uint8(round_trip(vqvae, image)[2])[0]
+        return Image.fromarray(recon.permute(1, 2, 0).numpy().astype(np.uint8))
 
     out = {}
     for task in ("t2i", "segmentation", "depth"):
         records = make_records(task, n, seed=seed)
-        passed = [all(s.passed for s in r.score([o if isinstance(o, str) else round_trip(o)
+        passed = [all(s.passed for s in r.score([o if isinstance(o, str) else decoded(o)
                                                  for o in r.ground_truth_outputs()])) for r in records]
         out[task] = float(np.mean(passed))
     return out
