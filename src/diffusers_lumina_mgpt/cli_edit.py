@@ -61,8 +61,12 @@ def _image(path: str):
 def _edit(args: argparse.Namespace) -> int:
     import torch
 
-    if not args.output.lower().endswith(".png"):
-        raise ValueError(f"--output must be a .png file, got {args.output}")
+    from .cli_checks import check_output_file
+    from .pipelines.tasks import resolve_task
+
+    check_output_file(args.output)
+    if args.task != "denoise":
+        resolve_task(args.task)  # an unknown task fails here, before the model loads
     image = _image(args.image)
     pipe = _load(args.model)
     generator = torch.Generator().manual_seed(args.seed)
@@ -80,10 +84,14 @@ def _edit(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     import torch
 
+    from .cli_checks import check_output_dir
+
+    check_output_dir(args.out_dir, "--out-dir")
+    images = [_image(p) for p in args.image]
     pipe = _load(args.model)
     generator = torch.Generator().manual_seed(args.seed)
     out_dir = Path(args.out_dir)
-    history, pending, saved = None, [_image(p) for p in args.image], 0
+    history, pending, saved = None, images, 0
 
     def answer(message: str) -> None:
         nonlocal history, pending, saved

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--text-tokenizer", help="Meta's text_tokenizer.json, if the model folder has no tokenizer")
     conv.add_argument("--out", required=True, help="output pipeline folder")
     conv.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
-    conv.add_argument("--default-size", type=int, default=512, help="model resolution: 512, 768 or 1024")
+    conv.add_argument("--default-size", type=int, default=512,
+                      help="the pixel size `generate` uses when no --height/--width is given: a positive multiple of "
+                           "the model's grid (32 px for Chameleon's VQGAN); Lumina-mGPT models are 512, 768 or 1024")
     conv.add_argument("--scheduler", choices=["ar", "jacobi"], default="ar", help="default decoding scheduler")
     conv.set_defaults(func=_convert)
 
@@ -40,14 +42,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--num-drafts", type=int, default=16, help="drafts per forward for --scheduler jacobi")
-    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    gen.add_argument("-o", "--output", required=True, help="PNG file to write")
+    gen.add_argument("-o", "--output", required=True, help="PNG file to write (settings go in its metadata)")
+    gen.add_argument("--json", action="store_true", help="print the settings and figures as one JSON line")
     gen.set_defaults(func=_generate)
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .cli_checks import check_output_dir
     from .convert import convert_checkpoint, parse_dtype
+
+    if args.default_size <= 0 or args.default_size % 32:
+        raise ValueError(f"--default-size must be a positive multiple of 32 px (the VQGAN's grid), got "
+                         f"{args.default_size}; Lumina-mGPT models are 512, 768 or 1024")
+    check_output_dir(args.out)
 
     out = convert_checkpoint(
         args.model, args.out, vqgan_ckpt=args.vqgan_ckpt, vqgan_config=args.vqgan_config,
@@ -66,13 +75,14 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipelines import LuminaMGPTPipeline
     from .schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 
+    from .cli_checks import check_device, check_output_file
     from .default_model import pipeline_folder
 
+    check_output_file(args.output)
+    check_device(args.device)
     args.model = str(pipeline_folder(args.model))
-    if not args.output.lower().endswith(".png"):
-        raise ValueError(f"--output must be a .png file (settings are stored in its metadata), got {args.output}")
     dtype = parse_dtype(args.dtype)
-    pipe = LuminaMGPTPipeline.from_pretrained(args.model, **({"torch_dtype": dtype} if dtype else {}))
+    pipe = LuminaMGPTPipeline.from_pretrained(args.model, **({"dtype": dtype} if dtype else {}))
     if args.scheduler == "jacobi":
         pipe.scheduler = LuminaMGPTJacobiScheduler.from_config(pipe.scheduler.config, num_drafts=args.num_drafts)
     elif args.scheduler == "ar":
@@ -98,5 +108,8 @@ def _generate(args: argparse.Namespace) -> int:
     info.add_text("lumina-mgpt", json.dumps(settings))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.output, pnginfo=info)
-    print(f"wrote {args.output} ({out.num_forward_passes} forward passes)")
+    if args.json:
+        print(json.dumps({"output": args.output, **settings}))
+    else:
+        print(f"wrote {args.output} ({out.tokens.shape[1] - 3} image tokens in {out.num_forward_passes} forward passes)")
     return 0

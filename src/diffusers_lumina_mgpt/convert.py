@@ -77,7 +77,9 @@ def convert_checkpoint(
         raise ValueError("pass both --vqgan-ckpt and --vqgan-config (Meta's vqgan.ckpt and vqgan.yaml), or neither")
     if scheduler not in ("ar", "jacobi"):
         raise ValueError(f"scheduler must be 'ar' or 'jacobi', got {scheduler!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(default_size, int) or default_size <= 0:
+        raise ValueError(f"default_size must be a positive number of pixels (512, 768 or 1024 for Lumina-mGPT), "
+                         f"got {default_size!r}")
 
     tokenizer = load_tokenizer(model_dir, text_tokenizer)
     sched = (LuminaMGPTJacobiScheduler if scheduler == "jacobi" else LuminaMGPTARScheduler)()
@@ -90,6 +92,11 @@ def convert_checkpoint(
     pipe = LuminaMGPTPipeline(
         tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=sched, default_size=default_size
     )
+    try:  # the default size must be one the model can generate
+        pipe.image_processor.check_size(default_size, default_size, max_grid=pipe.vocab.max_grid)
+    except ValueError as err:
+        raise ValueError(f"default_size {default_size}: {err}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
     # small shards: serialising a shard copies it, so the extra memory is bounded by the shard size
     pipe.save_pretrained(out_dir, max_shard_size=max_shard_size)
     return out_dir

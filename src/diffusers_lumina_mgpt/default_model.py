@@ -25,9 +25,31 @@ def resolve_model(model: str | Path | None) -> str:
 
 def pipeline_folder(model: str | Path | None) -> Path:
     """The pipeline folder to load (`model`, or the default model); FileNotFoundError unless it holds a
-    model_index.json."""
+    model_index.json and every component folder that file lists."""
+    import json
+
     path = Path(resolve_model(model))
-    if not (path / "model_index.json").is_file():
+    index = path / "model_index.json"
+    if not index.is_file():
         raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json); pass a folder saved with "
                                 "save_pretrained or made by `lumina-mgpt convert`")
+    try:
+        entries = json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index} is not valid JSON ({err}); re-save the pipeline") from None
+    for name, value in entries.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
+            continue
+        if not (path / name).is_dir():
+            raise FileNotFoundError(f"{path} has no {name}/ folder, which its model_index.json lists ({value[1]}); "
+                                    "copy the whole pipeline folder, or re-create it with `lumina-mgpt convert`")
     return path
+
+
+def pipeline_class_name(path: str | Path) -> str | None:
+    """The pipeline class a folder's model_index.json names (`_class_name` is a string, or
+    `[module file, class]` when the folder carries its own loader module)."""
+    import json
+
+    name = json.loads((Path(path) / "model_index.json").read_text()).get("_class_name")
+    return name[1] if isinstance(name, (list, tuple)) else name

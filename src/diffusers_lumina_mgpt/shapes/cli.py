@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.set_defaults(func=_make)
 
     examples = sub.add_parser("examples", help="one example sheet per task (PNG), as in docs/shapes")
-    examples.add_argument("--out", default="docs/shapes")
+    examples.add_argument("--out", required=True, help="folder for the example sheets (one PNG per task)")
     examples.add_argument("--seed", type=int, default=0)
     examples.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscale factor")
     examples.set_defaults(func=_examples)
@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make(args: argparse.Namespace) -> int:
+    from ..cli_checks import check_output_dir
+
+    check_output_dir(args.out)
     records = make_records(args.task, args.n, args.seed, args.split)
     path = write_records(records, args.out, relative=args.relative_paths)
     print(f"wrote {len(records)} {args.task} records ({sum(len(r.images) for r in records)} images) to {path}")
@@ -114,7 +117,9 @@ def example_sheet(images: list[Image.Image], scale: int = 3, gap: int = 4) -> Im
 
 
 def _examples(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    from ..cli_checks import check_output_dir
+
+    out = check_output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for k, task in enumerate(TASKS):
         record = make_records(task, 1, args.seed + k)[0]
@@ -158,10 +163,16 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..cli_checks import check_device, check_output_dir, check_output_file
     from .evaluate import evaluate_shapes
 
     if args.model and args.ground_truth:
         raise ValueError("pass either --model DIR or --ground-truth, not both")
+    check_device(args.device)
+    if args.json:
+        check_output_file(args.json, (".json",), "--json")
+    if args.save_images:
+        check_output_dir(args.save_images, "--save-images")
     if args.task != "t2i":
         return _eval_task(args)
     call_kwargs = {k: v for k, v in (("num_inference_steps", args.num_inference_steps),

@@ -7,7 +7,6 @@ are imported only inside the functions that load or call a pipeline.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,17 +67,17 @@ def load_pipeline(model_dir: str | Path, device: str | None = None, dtype: str |
     """A pipeline folder: a `diffusers_lumina_mgpt` class if model_index.json names one, else any diffusers pipeline."""
     import torch
 
-    from ..default_model import pipeline_folder
+    from ..default_model import pipeline_class_name, pipeline_folder
 
     path = pipeline_folder(model_dir)
-    name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    name = pipeline_class_name(path)
     import diffusers_lumina_mgpt
 
     try:
         cls = getattr(diffusers_lumina_mgpt, str(name), None)
     except ImportError as err:
         raise ValueError(f"{path} needs {name}, which this install cannot import ({err})") from err
-    kwargs = {"torch_dtype": getattr(torch, dtype)} if dtype else {}
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     if cls is None:
         from diffusers import DiffusionPipeline
 
@@ -97,6 +96,9 @@ def pipeline_generator(pipe: Any, size: tuple[int, int], call_kwargs: dict[str, 
     with one generator seeded per prompt (the diffusers convention for a list of generators)."""
     import torch
 
+    from ..cli_checks import check_call_kwargs
+
+    check_call_kwargs(pipe, call_kwargs or {})
     width, height = size
     device = device or str(getattr(pipe, "device", "cpu"))
 
