@@ -260,7 +260,7 @@ def test_bad_histories_and_arguments(pipe, wide):
     with pytest.raises(ValueError, match="(?i)nearest valid sizes"):
         pipe(wide, "x", height=48, width=32)
     with pytest.raises(ValueError, match="output_type"):
-        pipe(wide, "x", output_type="latent")
+        pipe(wide, "x", output_type="latents")
     # a Lumina-mGPT record (images as PIL) is a history too
     record = {"conversations": [{"from": "human", "value": "make it red <|image|>"}, {"from": "gpt", "value": "<|image|>"}],
               "image": [wide, good.images[1]]}

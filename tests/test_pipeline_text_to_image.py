@@ -139,7 +139,7 @@ def test_output_types_callback_and_negative_prompt(pipe):
     [
         (dict(height=48, width=32), "(?i)nearest valid sizes.*64x32"),
         (dict(height=1280, width=1280), "position"),
-        (dict(height=32, width=32, output_type="latent"), "output_type"),
+        (dict(height=32, width=32, output_type="latents"), "output_type"),
         (dict(height=32, width=32, num_images_per_prompt=0), "num_images_per_prompt"),
         (dict(height=32, width=32, negative_prompt=["a", "b"]), "negative_prompt"),
         (dict(height="32", width=32), "height"),

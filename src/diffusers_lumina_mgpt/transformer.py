@@ -37,6 +37,10 @@ from torch import nn
 
 from .kv_cache import StaticKVCache, cached_attention_mask, padded_causal_mask
 
+from . import diffusers_compat
+
+diffusers_compat.install()
+
 QK_NORM_EPS = 1e-5  # Chameleon's QK LayerNorm epsilon (fixed in Meta's and transformers' code)
 IGNORE_INDEX = -100
 

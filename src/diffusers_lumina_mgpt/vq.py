@@ -29,12 +29,17 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' loader looks the base class up here
 
+from . import diffusers_compat
+
+diffusers_compat.install()
+
 __all__ = [
     "ChameleonVQModel",
     "vq_decode_codes",
     "vq_downsample_factor",
     "vq_encode_codes",
     "vq_nearest_codes",
+    "check_can_decode",
     "vq_num_codes",
     "vq_pixels_to_uint8",
 ]
@@ -44,7 +49,8 @@ _ENCODER_ONLY_MESSAGE = (
     "`model.vqmodel.*` weights of a transformers Chameleon checkpoint, which carry no decoder. To decode "
     "codes to pixels, load a decoder checkpoint instead: "
     "`diffusers_lumina_mgpt.vq_convert.load_meta_vqgan('tokenizer/vqgan.ckpt', 'tokenizer/vqgan.yaml')` "
-    "(Meta's Chameleon release ships both files)."
+    "(Meta's Chameleon release ships both files); from the command line, re-run `lumina-mgpt convert` with "
+    "--vqgan-ckpt and --vqgan-config. Pipelines can still return `output_type='tokens'`."
 )
 
 
@@ -182,6 +188,12 @@ def vq_encode_codes(vqvae: VQModel, pixels: torch.Tensor) -> torch.LongTensor:
     return vq_nearest_codes(vqvae.quantize.embedding.weight, latents)
 
 
+def check_can_decode(vqvae: VQModel) -> None:
+    """ValueError (saying how to get a decoder) when `vqvae` is an encoder-only `ChameleonVQModel`."""
+    if isinstance(vqvae, ChameleonVQModel) and not vqvae.config.has_decoder:
+        raise ValueError(_ENCODER_ONLY_MESSAGE)
+
+
 def vq_decode_codes(vqvae: VQModel, codes: torch.LongTensor) -> torch.Tensor:
     """Decode code grids to pixels.
 
@@ -191,8 +203,7 @@ def vq_decode_codes(vqvae: VQModel, codes: torch.LongTensor) -> torch.Tensor:
     Runs with autograd as the caller has it set (wrap in `torch.no_grad()` for inference).
     Raises `ValueError` for an encoder-only model.
     """
-    if isinstance(vqvae, ChameleonVQModel) and not vqvae.config.has_decoder:
-        raise ValueError(_ENCODER_ONLY_MESSAGE)
+    check_can_decode(vqvae)
     if codes.ndim != 3:
         raise ValueError(
             f"vq_decode_codes expects codes of shape (batch, rows, columns), got {tuple(codes.shape)}; "

@@ -43,7 +43,7 @@ def decode_image_blocks(
     cond_prompts: Sequence[torch.Tensor],
     uncond_prompts: Sequence[torch.Tensor] | None,
     layout: ImageLayout,
-    guidance_scale: float,
+    guidance_scale: float | Callable[[], float],
     pad_id: int,
     generator=None,
     sampling: dict | None = None,
@@ -54,9 +54,12 @@ def decode_image_blocks(
 
     `cond_prompts[i]` ends with `BOI, H_grid, W_grid`; `uncond_prompts[i]` likewise (the image
     alone is just those three tokens). With `guidance_scale == 1` or no unconditional prompts, only
-    the conditional rows run.
+    the conditional rows run. `guidance_scale` may be a callable read before every forward (a step
+    callback can change the pipeline's guidance mid-run); whether unconditional rows run is decided
+    by its first value.
     """
-    use_cfg = uncond_prompts is not None and guidance_scale != 1.0
+    scale = guidance_scale if callable(guidance_scale) else (lambda: guidance_scale)
+    use_cfg = uncond_prompts is not None and scale() != 1.0
     rows = list(cond_prompts) + (list(uncond_prompts) if use_cfg else [])
     n = len(cond_prompts)
     device = transformer.device if device is None else torch.device(device)
@@ -88,7 +91,7 @@ def decode_image_blocks(
             logits_to_keep=keep, logits_token_ids=code_ids,  # only codes are possible inside an image
         )
         logits = out.logits  # (R, T, C) float32
-        return guided_logits(logits[:n], logits[n:] if use_cfg else None, guidance_scale)
+        return guided_logits(logits[:n], logits[n:] if use_cfg else None, scale())
 
     try:
         state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))

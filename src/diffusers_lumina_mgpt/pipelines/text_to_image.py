@@ -17,21 +17,34 @@ from ..conversation import ConversationTokenizer
 from ..image_processor import LuminaImageProcessor
 from ..image_tokens import decode_image_block
 from ..schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
-from ..schedulers.image_decoding import ImageLayout
+from ..schedulers.image_decoding import ImageDecodingMixin, ImageLayout
 from ..transformer import LuminaMGPTTransformer
 from ..vocab import LuminaVocab
-from ..vq import ChameleonVQModel, vq_decode_codes, vq_downsample_factor
+from ..vq import ChameleonVQModel, check_can_decode, vq_decode_codes, vq_downsample_factor
 from .image_generation import decode_image_blocks
 
-OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "latent")
+
+# the module file `save_pretrained` puts beside model_index.json, for `DiffusionPipeline.from_pretrained`
+LOADER_MODULE = "pipeline_lumina_mgpt"
+LOADER_SOURCE = '''"""Lets `diffusers.DiffusionPipeline.from_pretrained(this_folder, trust_remote_code=True)` load this folder.
+
+The classes come from the installed package: `pip install diffusers-lumina-mgpt`.
+"""
+
+from diffusers_lumina_mgpt import LuminaMGPTEditPipeline, LuminaMGPTPipeline
+
+__all__ = ["LuminaMGPTEditPipeline", "LuminaMGPTPipeline"]
+'''
 
 
 @dataclass
 class LuminaMGPTPipelineOutput(BaseOutput):
     """Output of the Lumina-mGPT pipelines.
 
-    images: PIL images, a (B, H, W, 3) array, a (B, 3, H, W) tensor in [0, 1], or, for
-        `output_type="tokens"`, the (B, block_length) image token blocks.
+    images: PIL images, a (B, H, W, 3) array, a (B, 3, H, W) tensor in [0, 1], for
+        `output_type="tokens"` the (B, block_length) image token blocks, or for `output_type="latent"`
+        the (B, h, w) VQ code grids (the AR pipeline's latents; `decode_latents` turns them into images).
     tokens: the generated image blocks `BOI, H, W, (codes, NEWLINE) x h, EOI`, (B, block_length).
     num_forward_passes: transformer forwards of the call (prefill included; CFG rows share them).
     """
@@ -68,6 +81,53 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=scheduler)
         self.register_to_config(default_size=default_size)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "scheduler" and value is not None and not isinstance(value, ImageDecodingMixin):
+            raise ValueError(
+                f"{type(value).__name__} cannot decode image tokens: a Lumina-mGPT pipeline needs one of "
+                f"{', '.join(c.__name__ for c in LuminaMGPTARScheduler._get_compatibles())} (diffusion schedulers denoise "
+                "latents, autoregressive ones choose tokens); e.g. `LuminaMGPTJacobiScheduler.from_config(pipe.scheduler.config)`"
+            )
+        super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' `save_pretrained`, plus a loader module so that `DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)` finds this class offline (model_index.json names `[module file, class]`)."""
+        import json
+        import os
+
+        super().save_pretrained(save_directory, *args, **kwargs)
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [LOADER_MODULE, type(self).__name__]
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+        with open(os.path.join(save_directory, f"{LOADER_MODULE}.py"), "w") as f:
+            f.write(LOADER_SOURCE)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' `load_config`; a `[module file, class]` class name reads as the class itself, so our own
+        `from_pretrained` loads the class it is called on (`LuminaMGPTEditPipeline` from a text-to-image folder)."""
+        out = super().load_config(*args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if isinstance(config.get("_class_name"), (list, tuple)):
+            config["_class_name"] = config["_class_name"][1]
+        return out
+
+    # ------------------------------------------------------------------ diffusers call-state properties
+    @property
+    def guidance_scale(self) -> float:
+        """The CFG scale of the running (or last) call; a step callback may set `pipe._guidance_scale`."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 1.0
 
     # ------------------------------------------------------------------ derived helpers
     @property
@@ -138,6 +198,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
             raise ValueError(f"`guidance_scale` must be a number >= 0 (1.0 turns guidance off), got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if output_type not in ("tokens", "latent"):
+            check_can_decode(self.vqvae)  # before any decoding work, not after it
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"`{name}` must be an integer number of pixels, got {value!r}")
@@ -191,21 +253,22 @@ class LuminaMGPTPipeline(DiffusionPipeline):
             prompt, height, width, negative_prompt, num_images_per_prompt, guidance_scale, output_type,
             callback_on_step_end_tensor_inputs,
         )
-        max_grid = self.vocab.max_grid
-        h_lat, w_lat = self.image_processor.check_size(height, width, max_grid=max_grid)
-        layout = self.image_layout(h_lat, w_lat)
-
         negatives = negative_prompt if isinstance(negative_prompt, (list, tuple)) else [negative_prompt] * len(prompts)
-        cond, uncond = [], []
-        for p, neg in zip(prompts, negatives):
-            c = self.encode_prompt(p, height, width)
-            u = self.encode_negative_prompt(neg, height, width)
-            cond += [c] * num_images_per_prompt
-            uncond += [u] * num_images_per_prompt
-        self.image_processor.check_size(
+        texts = [(self.conversation.text_to_image_prompt(p, height, width),
+                  self.conversation.text_to_image_prompt(n, height, width) if n else None)
+                 for p, n in zip(prompts, negatives)]
+        header_length = 3  # BOI, H, W
+        h_lat, w_lat = self.image_processor.check_size(
             height, width, max_positions=self.transformer.config.max_position_embeddings,
-            prompt_length=max(len(c) for c in cond + uncond), max_grid=max_grid,
+            prompt_length=max(len(c) for pair in texts for c in pair if c is not None) + header_length,
+            max_grid=self.vocab.max_grid,
         )
+        layout = self.image_layout(h_lat, w_lat)
+        header = self.image_header(height, width)
+        cond, uncond = [], []
+        for text, negative in texts:
+            cond += [torch.cat([text, header])] * num_images_per_prompt
+            uncond += [header if negative is None else torch.cat([negative, header])] * num_images_per_prompt
 
         images, blocks, num_forwards = self.generate_image_blocks(
             cond, uncond, layout, height, width, guidance_scale, generator,
@@ -227,6 +290,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         `guidance_scale == 1`). Returns (images in `output_type`, blocks (N, block_length), forwards).
         """
         tensor_inputs = callback_on_step_end_tensor_inputs or ["tokens"]
+        self._guidance_scale = guidance_scale
         with self.progress_bar(total=layout.length) as bar:
             done = [0]
 
@@ -240,7 +304,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
 
             result = decode_image_blocks(
                 self.transformer, self.scheduler, cond, uncond if guidance_scale != 1.0 else None, layout,
-                guidance_scale, pad_id=self.vocab.pad_id, generator=generator, sampling=sampling,
+                lambda: self._guidance_scale, pad_id=self.vocab.pad_id, generator=generator, sampling=sampling,
                 on_step=on_step, device=self._execution_device,
             )
 
@@ -248,11 +312,21 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
         if output_type == "tokens":
             return blocks, blocks, result.num_forwards
-        return self.decode_image_tokens(blocks, output_type), blocks, result.num_forwards
+        codes = self.image_tokens_to_latents(blocks)
+        if output_type == "latent":
+            return codes, blocks, result.num_forwards
+        return self.decode_latents(codes, output_type), blocks, result.num_forwards
+
+    def image_tokens_to_latents(self, blocks) -> torch.Tensor:
+        """Image token blocks of one size (validated) -> (B, h, w) VQ code grids."""
+        lpg = self.image_processor.latents_per_grid
+        return torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
+
+    def decode_latents(self, codes: torch.Tensor, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """(B, h, w) VQ code grids -> images through the `vqvae` ("pil", "np" or "pt")."""
+        pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
+        return self.image_processor.postprocess(pixels, output_type)
 
     def decode_image_tokens(self, blocks, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
         """Image token blocks of one size (validated) -> images through the `vqvae` ("pil", "np" or "pt")."""
-        lpg = self.image_processor.latents_per_grid
-        codes = torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
-        pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
-        return self.image_processor.postprocess(pixels, output_type)
+        return self.decode_latents(self.image_tokens_to_latents(blocks), output_type)

@@ -8,7 +8,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .image_decoding import ImageDecodingMixin
 
 
-class LuminaMGPTARScheduler(SchedulerMixin, ConfigMixin, ImageDecodingMixin):
+class LuminaMGPTARScheduler(ImageDecodingMixin, SchedulerMixin, ConfigMixin):
     """Chooses image tokens one at a time, as Lumina-mGPT's own inference does.
 
     Args:
@@ -23,6 +23,7 @@ class LuminaMGPTARScheduler(SchedulerMixin, ConfigMixin, ImageDecodingMixin):
 
     config_name = "scheduler_config.json"
     order = 1
+    _compatibles = ["LuminaMGPTARScheduler", "LuminaMGPTJacobiScheduler"]
 
     @register_to_config
     def __init__(

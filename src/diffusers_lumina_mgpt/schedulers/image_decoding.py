@@ -113,6 +113,14 @@ class ImageDecodeState:
 class ImageDecodingMixin:
     """Shared engine of the AR and Jacobi schedulers; subclasses set `num_drafts` and `draft_init`."""
 
+    @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        """`scheduler.compatibles`: diffusers looks names up in its own module; ours live in this package."""
+        import diffusers_lumina_mgpt
+
+        names = dict.fromkeys([cls.__name__, *getattr(cls, "_compatibles", [])])
+        return [getattr(diffusers_lumina_mgpt, n) for n in names if hasattr(diffusers_lumina_mgpt, n)]
+
     def _num_drafts(self) -> int:
         return 0
 

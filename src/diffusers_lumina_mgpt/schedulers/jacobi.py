@@ -10,7 +10,7 @@ from .image_decoding import ImageDecodingMixin
 DRAFT_INITS = ("random", "spatial")
 
 
-class LuminaMGPTJacobiScheduler(SchedulerMixin, ConfigMixin, ImageDecodingMixin):
+class LuminaMGPTJacobiScheduler(ImageDecodingMixin, SchedulerMixin, ConfigMixin):
     """Verifies a window of draft image tokens per transformer forward.
 
     Each forward feeds the tokens accepted since the shared cache prefix plus `num_drafts` drafts.
@@ -30,6 +30,7 @@ class LuminaMGPTJacobiScheduler(SchedulerMixin, ConfigMixin, ImageDecodingMixin)
 
     config_name = "scheduler_config.json"
     order = 1
+    _compatibles = ["LuminaMGPTARScheduler", "LuminaMGPTJacobiScheduler"]
 
     @register_to_config
     def __init__(
