@@ -113,3 +113,12 @@ def test_help_imports_no_model_stack():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"  # `lumina-mgpt --help` stays well under a second
+
+
+def test_encode_prompt_with_the_text_components_only(pipe, tiny_pipe_dir):
+    text_only = LuminaMGPTPipeline.from_pretrained(tiny_pipe_dir, vqvae=None)
+    assert text_only.vqvae is None
+    assert torch.equal(text_only.encode_prompt("a red circle", 64, 32), pipe.encode_prompt("a red circle", 64, 32))
+    assert torch.equal(text_only.encode_negative_prompt(None, 64, 32), pipe.encode_negative_prompt(None, 64, 32))
+    tokens = text_only("a red circle", height=64, width=32, image_top_k=1, output_type="tokens").images
+    assert torch.equal(tokens, pipe("a red circle", height=64, width=32, image_top_k=1, output_type="tokens").images)

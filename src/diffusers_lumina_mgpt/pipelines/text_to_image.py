@@ -64,6 +64,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         vqvae: the VQ image tokenizer (codes -> pixels).
         scheduler ([`LuminaMGPTARScheduler`] or [`LuminaMGPTJacobiScheduler`]): how tokens are chosen.
         default_size: the model's resolution, used when `height`/`width` are not given.
+        patch_size: pixels per grid token (two latent cells); read from the `vqvae` when there is one, and
+            saved, so that a pipeline loaded with `vqvae=None` (text components only) can still `encode_prompt`.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
@@ -76,11 +78,14 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         vqvae: ChameleonVQModel | VQModel,
         scheduler: LuminaMGPTARScheduler | LuminaMGPTJacobiScheduler,
         default_size: int = 512,
+        patch_size: int | None = None,
     ):
         # the type hints let diffusers' `from_pipe` hand the models over to related pipelines
         super().__init__()
         self.register_modules(tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=scheduler)
-        self.register_to_config(default_size=default_size)
+        if vqvae is not None:  # recorded so that a pipeline loaded without its vqvae still knows the grid
+            patch_size = 2 * vq_downsample_factor(vqvae)
+        self.register_to_config(default_size=default_size, patch_size=patch_size)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "scheduler" and value is not None and not isinstance(value, ImageDecodingMixin):
@@ -146,7 +151,13 @@ class LuminaMGPTPipeline(DiffusionPipeline):
 
     @property
     def image_processor(self) -> LuminaImageProcessor:
-        f = vq_downsample_factor(self.vqvae)
+        if self.vqvae is not None:
+            f = vq_downsample_factor(self.vqvae)
+        elif self.config.get("patch_size"):
+            f = self.config.patch_size // 2
+        else:
+            raise ValueError("this pipeline has no vqvae and its config records no patch_size; load it with its vqvae, "
+                             "or re-save it with this version (save_pretrained records the patch size)")
         key = (self.config.default_size, f)
         if getattr(self, "_image_processor_key", None) != key:
             self._image_processor = LuminaImageProcessor(
