@@ -25,19 +25,18 @@ SIZES = [(64, 64), (80, 48), (128, 32)]
 TASKS = ["caption", "vqa", "edit", "multiedit", "segmentation", "depth", "noedit"]
 
 
-def t2i_scores(model: str, n: int, seed: int, guidance: float, batch: int, out: Path) -> dict:
+def t2i_scores(model: str, n: int, seed: int, sampling: dict, batch: int) -> dict:
     from diffusers_lumina_mgpt.shapes.evaluate import evaluate_shapes
 
     scores = {}
     for w, h in SIZES:
         t0 = time.perf_counter()
-        res = evaluate_shapes(model, n=n, seed=seed, size=(w, h), call_kwargs={"guidance_scale": guidance},
-                              progress=False, batch_size=batch)
+        res = evaluate_shapes(model, n=n, seed=seed, size=(w, h), call_kwargs=sampling, progress=False,
+                              batch_size=batch)
         res.pop("prompts")
         res["seconds"] = time.perf_counter() - t0
         scores[f"{w}x{h}"] = res
         print(f"t2i {w}x{h}: overall {res['overall']:.3f} {res['families']} held-out {res['heldout']}", flush=True)
-        (out / "scores.json").write_text(json.dumps({"t2i": scores}, indent=1))
     return scores
 
 
@@ -53,22 +52,22 @@ def task_scores(pipe, n: int, seed: int) -> dict:
     return result
 
 
-def jacobi_vs_ar(pipe, n: int, seed: int, guidance: float) -> dict:
+def jacobi_vs_ar(pipe, n: int, seed: int, sampling: dict) -> dict:
     """Same prompts, seeds and settings through both schedulers, one image per call."""
     from diffusers_lumina_mgpt import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
     from diffusers_lumina_mgpt.shapes.evaluate import make_prompt_items
     from diffusers_lumina_mgpt.shapes.scorer import check_spec, detect
 
     items = [it for it in make_prompt_items(None, n, seed + 1) if it.split == "train"]
-    layout_tokens = 8 * 8  # image-code tokens of a 64x64 image (8 px per code)
+    f = pipe.image_processor.config.downsample_factor
+    layout_tokens = (64 // f) ** 2  # image-code tokens of a 64x64 image
     out = {}
     for name, sched in (("ar", LuminaMGPTARScheduler.from_config(pipe.scheduler.config)),
                         ("jacobi", LuminaMGPTJacobiScheduler.from_config(pipe.scheduler.config, num_drafts=16))):
         pipe.scheduler = sched
         passed, forwards, t0 = [], [], time.perf_counter()
         for it in items:
-            res = pipe(it.spec.text, height=64, width=64, guidance_scale=guidance,
-                       generator=torch.Generator().manual_seed(it.seed))
+            res = pipe(it.spec.text, height=64, width=64, generator=torch.Generator().manual_seed(it.seed), **sampling)
             passed.append(check_spec(it.spec, detect(res.images[0]).objects)[0])
             forwards.append(res.num_forward_passes)
         out[name] = {"score": float(np.mean(passed)), "prompts": len(items),
@@ -118,7 +117,7 @@ def grid(rows: list[list[Image.Image]], gap: int = 6) -> Image.Image:
     return sheet
 
 
-def t2i_grid(pipe, guidance: float, seed: int) -> Image.Image:
+def t2i_grid(pipe, sampling: dict, seed: int) -> Image.Image:
     from diffusers_lumina_mgpt.shapes.language import FAMILIES, make_prompt
 
     rows = []
@@ -128,8 +127,7 @@ def t2i_grid(pipe, guidance: float, seed: int) -> Image.Image:
         for k in range(4):
             spec = make_prompt(fam, rng, "train")
             w, h = SIZES[k % len(SIZES)]
-            im = pipe(spec.text, height=h, width=w, guidance_scale=guidance,
-                      generator=torch.Generator().manual_seed(k)).images[0]
+            im = pipe(spec.text, height=h, width=w, generator=torch.Generator().manual_seed(k), **sampling).images[0]
             row.append(label(im, spec.text))
         rows.append(row)
     return grid(rows)
@@ -161,10 +159,13 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--run", help="the training run folder (for the loss curves)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--n", type=int, default=200, help="prompts per family / records per task")
+    parser.add_argument("--n", type=int, default=200, help="prompts per family")
+    parser.add_argument("--n-tasks", type=int, default=100, help="records per Omni task")
+    parser.add_argument("--n-sweep", type=int, default=20, help="prompts per family in the sampling sweep")
     parser.add_argument("--n-jacobi", type=int, default=20, help="prompts per family for AR vs Jacobi")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--image-top-k", type=int, help="default: the pipeline's scheduler config")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--parts", nargs="+", default=["t2i", "tasks", "jacobi", "pictures"])
     args = parser.parse_args()
@@ -178,23 +179,24 @@ def main() -> None:
     t2i.set_progress_bar_config(disable=True)
     path = out / "scores.json"
     scores = json.loads(path.read_text()) if path.is_file() else {}
-    settings = {"n": args.n, "seed": args.seed, "guidance_scale": args.guidance,
-                "image_top_k": pipe.scheduler.config.image_top_k, "threads": torch.get_num_threads()}
+    top_k = args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k
+    sampling = {"guidance_scale": args.guidance, "image_top_k": top_k}
+    settings = {"n": args.n, "n_tasks": args.n_tasks, "seed": args.seed, **sampling, "threads": torch.get_num_threads()}
     scores["settings"] = settings
     if "sweep" in args.parts:
-        scores["sweep"] = sweep(args.model, args.n, args.seed, args.batch)
+        scores["sweep"] = sweep(args.model, args.n_sweep, args.seed, args.batch)
         path.write_text(json.dumps(scores, indent=1))
     if "t2i" in args.parts:
-        scores["t2i"] = t2i_scores(args.model, args.n, args.seed, args.guidance, args.batch, out)
+        scores["t2i"] = t2i_scores(args.model, args.n, args.seed, sampling, args.batch)
         path.write_text(json.dumps(scores, indent=1))
     if "tasks" in args.parts:
-        scores["tasks"] = task_scores(pipe, args.n, args.seed)
+        scores["tasks"] = task_scores(pipe, args.n_tasks, args.seed)
         path.write_text(json.dumps(scores, indent=1))
     if "jacobi" in args.parts:
-        scores["jacobi_vs_ar"] = jacobi_vs_ar(t2i, args.n_jacobi, args.seed, args.guidance)
+        scores["jacobi_vs_ar"] = jacobi_vs_ar(t2i, args.n_jacobi, args.seed, sampling)
         path.write_text(json.dumps(scores, indent=1))
     if "pictures" in args.parts:
-        t2i_grid(t2i, args.guidance, args.seed).save(out / "t2i-grid.png")
+        t2i_grid(t2i, sampling, args.seed).save(out / "t2i-grid.png")
         tasks_grid(pipe, args.seed).save(out / "tasks-grid.png")
         if args.run:
             from diffusers_lumina_mgpt.training.plot import plot_run

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from . import __version__
 
 # modules that define `register(subparsers)`; each adds its own subcommands
-SUBCOMMAND_MODULES: tuple[str, ...] = (".cli_generate", ".cli_edit", ".shapes.cli", ".training.cli", ".demo.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (".cli_generate", ".cli_edit", ".shapes.cli", ".training.cli", ".demo.cli",
+                                        ".compare.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

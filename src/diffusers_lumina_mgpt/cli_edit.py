@@ -85,6 +85,7 @@ def _chat(args: argparse.Namespace) -> int:
     import torch
 
     from .cli_checks import check_output_dir
+    from .vocab import IMAGE_PLACEHOLDER
 
     check_output_dir(args.out_dir, "--out-dir")
     images = [_image(p) for p in args.image]
@@ -95,8 +96,8 @@ def _chat(args: argparse.Namespace) -> int:
 
     def answer(message: str) -> None:
         nonlocal history, pending, saved
-        if pending and "<|image|>" not in message:
-            message = message + " <|image|>" * len(pending)
+        if pending and IMAGE_PLACEHOLDER not in message:
+            message = message + f" {IMAGE_PLACEHOLDER}" * len(pending)
         stream = pipe.chat(message, images=pending or None, history=history, text_top_k=args.text_top_k,
                            max_new_tokens=args.max_new_tokens, generator=generator, stream=True)
         for piece in stream:

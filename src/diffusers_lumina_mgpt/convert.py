@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-IMAGE_PLACEHOLDER = "<|image|>"
+from .vocab import IMAGE_PLACEHOLDER
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

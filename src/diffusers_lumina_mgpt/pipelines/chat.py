@@ -37,10 +37,10 @@ from ..conversation import Message, _as_messages
 from ..image_processor import load_image
 from ..image_tokens import decode_image_block, encode_image_block, image_block_length
 from ..schedulers.sampling import RowRandom, logits_to_probs, sample_with_uniform
+from ..vocab import IMAGE_PLACEHOLDER
 from ..vq import vq_encode_codes
 from .image_generation import decode_image_blocks
 
-IMAGE_PLACEHOLDER = "<|image|>"
 DESCRIBE_PROMPT = "Describe the image in detail."  # Lumina-mGPT's understanding example
 CHAT_OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")

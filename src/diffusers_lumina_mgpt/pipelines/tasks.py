@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IMAGE_PLACEHOLDER = "<|image|>"
+from ..vocab import IMAGE_PLACEHOLDER
+
 
 # Lumina-mGPT Omni-SFT has no fixed no-edit instruction; the paper only notes that an image given
 # with an instruction not to change it comes back with less VQ noise. This wording is the first of
