@@ -31,10 +31,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, help="prompts per ShapesWorld family (default 4), or the first N of a file")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, metavar="FAMILY",
                         help=f"ShapesWorld families (default all): {' '.join(FAMILIES)}")
-    parser.add_argument("--prompt-seed", type=int, default=0, help="seed that draws the ShapesWorld prompts")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="generator seeds, one image per seed")
+    parser.add_argument("--prompt-seed", type=int, default=0,
+                        help="seed that draws the ShapesWorld prompts (default 0)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="generator seeds, one image per seed (default 0)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(64, 64)], metavar="WxH",
-                        help="image sizes, width x height")
+                        help="image sizes, width x height (default 64x64)")
     parser.add_argument("--out", required=True, help="output folder: results.json, report.md, images/, grid.png")
     parser.add_argument("--sweep", metavar="KNOB=V1,V2,...",
                         help="run each pipeline that takes KNOB once per value (guidance_scale, image_top_k, "
@@ -45,33 +47,32 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                                              "adds a CLIP score per image")
     parser.add_argument("--device", help="cuda / cpu (default: cuda if available; one GPU per process)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="load the pipelines in this dtype")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per run before measuring")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per run before measuring (default 1)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..shapes.cli import eval_subparsers
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    cmp = subparsers.add_parser("compare", formatter_class=fmt, epilog=COMPARE_EXAMPLE,
+    cmp = subparsers.add_parser("compare", epilog=COMPARE_EXAMPLE,
                                 help="compare text-to-image pipelines (AR vs diffusion): time, forwards, memory, "
                                      "quality; results.json + report.md")
     add_compare_arguments(cmp)
-    cmp.add_argument("--num-processes", type=int, default=1, help="processes started through accelerate")
+    cmp.add_argument("--num-processes", type=int, default=1, help="processes started through accelerate (default 1)")
     cmp.set_defaults(func=_compare)
 
     ge = eval_subparsers(subparsers).add_parser(
-        "geneval-export", formatter_class=fmt, help="images in GenEval's layout, for its evaluate_images.py",
+        "geneval-export", help="images in GenEval's layout, for its evaluate_images.py",
         epilog="example: lumina-mgpt eval geneval-export --metadata geneval/prompts/evaluation_metadata.jsonl "
                "--model my-pipeline --out geneval-images")
     ge.add_argument("--metadata", required=True, help="GenEval's evaluation_metadata.jsonl")
     ge.add_argument("--model", required=True, help="pipeline folder (ours or any diffusers text-to-image pipeline)")
     ge.add_argument("--out", required=True, help="output folder: OUT/00000/metadata.jsonl, OUT/00000/samples/00000.png")
-    ge.add_argument("--n-samples", type=int, default=4, help="images per prompt")
-    ge.add_argument("--seed", type=int, default=0, help="sample k of every prompt uses seed + k")
+    ge.add_argument("--n-samples", type=int, default=4, help="images per prompt (default 4)")
+    ge.add_argument("--seed", type=int, default=0, help="sample k of every prompt uses seed + k (default 0)")
     ge.add_argument("--height", type=int, help="pixels (default: the pipeline's)")
     ge.add_argument("--width", type=int, help="pixels (default: the pipeline's)")
-    ge.add_argument("--batch-size", type=int, default=1, help="images per pipeline call")
+    ge.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
     ge.add_argument("--num-inference-steps", type=int, help="passed to the pipeline call if given")
     ge.add_argument("--guidance-scale", type=float, help="passed to the pipeline call if given")
     ge.add_argument("--device", help="cuda / cpu (default: cuda if available)")
@@ -112,8 +113,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def launch_command(args: argparse.Namespace) -> list[str]:
     """The accelerate command that runs `args` in `args.num_processes` processes."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no",
            "-m", "diffusers_lumina_mgpt.compare.launch", "--pipelines", *args.pipelines, "--prompts", str(args.prompts),
            "--seeds", *map(str, args.seeds), "--sizes", *(f"{w}x{h}" for w, h in args.sizes), "--out", str(args.out),
            "--prompt-seed", str(args.prompt_seed), "--warmup", str(args.warmup)]

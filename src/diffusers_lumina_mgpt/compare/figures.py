@@ -119,7 +119,7 @@ def quality_vs_time(results: dict[str, Any], path: str | Path) -> tuple[Path | N
                          and _quality(s, field) is not None), key=lambda p: p[0])
         if not points:
             continue
-        xs, ys, values = zip(*points)
+        xs, ys, _ = zip(*points)
         ax.plot(xs, ys, marker="o", label=name)
         plotted += 1
         for x, y, v in points:

@@ -27,7 +27,8 @@ def read_metadata(path: str | Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); GenEval metadata has one object per line") from None
+            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); "
+                             "GenEval metadata has one object per line") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             raise ValueError(f"{path} line {k} has no \"prompt\" string; GenEval metadata lines look like "
                              '{"tag": "single_object", "include": [...], "prompt": "a photo of a bench"}')

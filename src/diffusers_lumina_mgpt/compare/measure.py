@@ -68,7 +68,7 @@ class PeakMemory:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         import torch
 
         if self.kind == "cuda_max_allocated":
@@ -100,7 +100,7 @@ class Stopwatch:
         self._start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._sync()
         self.seconds = time.perf_counter() - self._start
 
@@ -131,7 +131,7 @@ class ForwardCounter:
             self._handle = self.module.register_forward_pre_hook(self._hook)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.remove()
 

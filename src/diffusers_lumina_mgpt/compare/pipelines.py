@@ -9,7 +9,13 @@ from typing import Any
 
 from PIL import Image
 
-from .measure import ForwardCounter, PeakMemory, Stopwatch, count_parameters, denoiser_name
+from .measure import (
+    ForwardCounter,
+    PeakMemory,
+    Stopwatch,
+    count_parameters,
+    denoiser_name,
+)
 from .specs import SCHEDULER_KNOB, SCHEDULERS, PipelineSpec
 
 AUTOREGRESSIVE, DIFFUSION = "autoregressive", "diffusion"
@@ -63,6 +69,12 @@ def pipeline_class(class_name: str | None) -> type | None:
     return None
 
 
+def call_parameters(call: Any) -> list[str]:
+    """The keyword names a `__call__` takes ("**" stands for **kwargs)."""
+    params = inspect.signature(call).parameters.values()
+    return sorted("**" if p.kind is p.VAR_KEYWORD else p.name for p in params if p.name != "self")
+
+
 def describe(spec: PipelineSpec) -> PipelineInfo:
     """Class, kind and call parameters from the folder's model_index.json; a broken folder gives an
     info with `error` set (its work is then recorded as failed, and the comparison goes on)."""
@@ -79,8 +91,7 @@ def describe(spec: PipelineSpec) -> PipelineInfo:
         from ..pipelines import LuminaMGPTPipeline
 
         info.kind = AUTOREGRESSIVE if issubclass(cls, LuminaMGPTPipeline) else DIFFUSION
-        params = inspect.signature(cls.__call__).parameters.values()
-        info.call_parameters = sorted("**" if p.kind is p.VAR_KEYWORD else p.name for p in params if p.name != "self")
+        info.call_parameters = call_parameters(cls.__call__)
     else:
         info.kind = DIFFUSION
     if spec.scheduler and info.kind != AUTOREGRESSIVE:
@@ -90,11 +101,13 @@ def describe(spec: PipelineSpec) -> PipelineInfo:
 
 
 def load(info: PipelineInfo, device: str, dtype: str | None) -> Any:
-    """Load the folder (ours or any diffusers pipeline) and record its parameter count."""
+    """Load the folder (ours or any diffusers pipeline); record its parameter count and what it takes.
+    (The work was planned from the folder's class; a class only loading reveals can take no sweep.)"""
     from ..shapes.evaluate import load_pipeline
 
     pipe = load_pipeline(info.path, device, dtype)
     info.parameters = count_parameters(pipe)
+    info.call_parameters = call_parameters(pipe.__call__)  # the loaded class (custom pipelines included)
     if info.kind == AUTOREGRESSIVE:
         info.forward_counter = "num_forward_passes"
         if info.scheduler:
@@ -141,6 +154,7 @@ def call_once(pipe: Any, info: PipelineInfo, prompt: str, size: tuple[int, int],
     images = out.images if hasattr(out, "images") else out[0]
     image = images[0]
     if not isinstance(image, Image.Image):
-        raise TypeError(f"{info.name} returned {type(image).__name__}, not a PIL image; it must honour output_type='pil'")
+        raise TypeError(f"{info.name} returned {type(image).__name__}, not a PIL image; "
+                        "it must honour output_type='pil'")
     return CallResult(image, clock.seconds, None if forwards is None else int(forwards), memory.peak_bytes,
                       memory.kind)

@@ -59,7 +59,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); write one {{\"prompt\": ...}} per line") from None
+            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); "
+                             "write one {\"prompt\": ...} per line") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             raise ValueError(f"{path} line {k} has no \"prompt\" string; write one {{\"prompt\": ...}} per line")
         texts.append(row["prompt"])

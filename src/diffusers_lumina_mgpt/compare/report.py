@@ -9,6 +9,14 @@ from typing import Any
 from .figures import image_grid, quality_vs_time, run_label
 
 GRID_FILE, PLOT_FILE = "grid.png", "quality_vs_time.png"
+MEASURES_NOTE = (
+    "Seconds, forwards and memory are per image (means over the images made; failed calls count only as "
+    "errors). Forwards: transformer forwards for Lumina-mGPT (`num_forward_passes`), denoiser calls for "
+    "diffusion pipelines (a CFG-batched call counts once). Peak memory: process peak RSS on CPU, "
+    "`torch.cuda.max_memory_allocated` on GPU. See docs/ar-vs-diffusion.md."
+)
+OVERALL_NOTE = ("`overall` is GenEval's: the mean of the per-family accuracies of in-distribution prompts; "
+                "`held-out` scores colour-shape pairs training never sees.")
 
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
@@ -23,17 +31,24 @@ def _params(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e6:.2f} M"
 
 
+SUMMARY_HEAD = ("run", "kind", "images", "errors", "s / image", "forwards / image", "peak memory", "parameters",
+                "ShapesWorld", "CLIP score")
+
+
+def _row(cells: list[str] | tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def summary_table(results: dict[str, Any]) -> list[str]:
     knob = (results["settings"]["sweep"] or {}).get("knob")
     kinds = {p["name"]: p["kind"] or "-" for p in results["pipelines"]}
-    lines = ["| run | kind | images | errors | s / image | forwards / image | peak memory | parameters | "
-             "ShapesWorld | CLIP score |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [_row(SUMMARY_HEAD), "|" + "---|" * len(SUMMARY_HEAD)]
     for s in results["summary"]:
         shapes = s["shapes"]["overall"] if s["shapes"] else None
-        lines.append(f"| {run_label(s['pipeline'], s['sweep_value'], knob)} | {kinds.get(s['pipeline'], '-')} | "
-                     f"{s['images']} | {s['errors']} | {_num(s['mean_seconds'])} | {_num(s['mean_forward_passes'], '.1f')} | "
-                     f"{_mib(s['peak_memory_bytes'])} | {_params(s['parameters'])} | {_num(shapes)} | "
-                     f"{_num(s['clip_score'], '.2f')} |")
+        lines.append(_row([run_label(s["pipeline"], s["sweep_value"], knob), kinds.get(s["pipeline"], "-"),
+                           str(s["images"]), str(s["errors"]), _num(s["mean_seconds"]),
+                           _num(s["mean_forward_passes"], ".1f"), _mib(s["peak_memory_bytes"]),
+                           _params(s["parameters"]), _num(shapes), _num(s["clip_score"], ".2f")]))
     return lines
 
 
@@ -46,12 +61,12 @@ def family_table(results: dict[str, Any]) -> list[str]:
     held = any(s["shapes"]["heldout"]["overall"] is not None for s in runs)
     knob = (results["settings"]["sweep"] or {}).get("knob")
     head = ["run", *families, "overall", *(["held-out"] if held else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for s in runs:
         sh = s["shapes"]
         cells = [run_label(s["pipeline"], s["sweep_value"], knob), *(_num(sh["families"].get(f)) for f in families),
                  _num(sh["overall"]), *([_num(sh["heldout"]["overall"])] if held else [])]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 
@@ -78,32 +93,30 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
     if plot is None and (out / PLOT_FILE).exists():
         (out / PLOT_FILE).unlink()  # an earlier run's plot would not describe these results
     sizes = " ".join(f"{w}x{h}" for w, h in st["sizes"])
+    per_family = f" ({st['n']} per family)" if st["prompts"] == "shapes" and st["n"] else ""
+    dtype = f"; dtype: {st['dtype']}" if st["dtype"] else ""
+    swept = f"{sweep['knob']} = {', '.join(map(str, sweep['values']))}" if sweep else "none"
+    call_args = ", ".join(f"{k}={v}" for k, v in st["call_args"].items()) or "none"
     lines = [
         "# Text-to-image comparison", "",
-        f"Written by `lumina-mgpt compare` at {results['created']} (results.json schema version "
-        f"{results['schema_version']}).", "",
-        f"- prompts: `{st['prompts']}`" + (f" ({st['n']} per family)" if st["prompts"] == "shapes" and st["n"] else ""),
-        f"- seeds: {' '.join(map(str, st['seeds']))}; sizes: {sizes}; device: {st['device']}"
-        f"{'; dtype: ' + st['dtype'] if st['dtype'] else ''}; processes: {st['num_processes']}; "
-        f"warm-up calls per run: {st['warmup']}",
-        f"- sweep: {sweep['knob']} = {', '.join(map(str, sweep['values']))}" if sweep else "- sweep: none",
-        f"- call arguments: {st['call_args'] or 'none'}; CLIP model: {st['clip_model'] or 'none'}", "",
-        "## Summary", "",
-        *summary_table(results), "",
-        "Seconds, forwards and memory are per image (means over the images made; failed calls count only "
-        "as errors). Forwards: transformer forwards for Lumina-mGPT (`num_forward_passes`), denoiser calls "
-        "for diffusion pipelines (a CFG-batched call counts once). Peak memory: process peak RSS on CPU, "
-        "`torch.cuda.max_memory_allocated` on GPU. See docs/ar-vs-diffusion.md.", "",
+        (f"Written by `lumina-mgpt compare` at {results['created']} "
+         f"(results.json schema version {results['schema_version']})."), "",
+        f"- prompts: `{st['prompts']}`{per_family}",
+        (f"- seeds: {' '.join(map(str, st['seeds']))}; sizes: {sizes}; device: {st['device']}{dtype}; "
+         f"processes: {st['num_processes']}; warm-up calls per run: {st['warmup']}"),
+        f"- sweep: {swept}",
+        f"- call arguments: {call_args}; CLIP model: {st['clip_model'] or 'none'}", "",
+        "## Summary", "", *summary_table(results), "", MEASURES_NOTE, "",
     ]
     families = family_table(results)
     if families:
-        lines += ["## ShapesWorld accuracy per family", "", *families, "",
-                  "`overall` is GenEval's: the mean of the per-family accuracies of in-distribution prompts; "
-                  "`held-out` scores colour-shape pairs training never sees.", ""]
+        lines += ["## ShapesWorld accuracy per family", "", *families, "", OVERALL_NOTE, ""]
+    first = f"seed {st['seeds'][0]}, {st['sizes'][0][0]}x{st['sizes'][0][1]}"
     lines += ["## Images", ""]
-    lines += [f"![image grid]({GRID_FILE})", "",
-              f"Rows: prompts (seed {st['seeds'][0]}, {st['sizes'][0][0]}x{st['sizes'][0][1]}); columns: runs.", ""] \
-        if grid else ["No image was generated.", ""]
+    if grid:
+        lines += [f"![image grid]({GRID_FILE})", "", f"Rows: prompts ({first}); columns: runs.", ""]
+    else:
+        lines += ["No image was generated.", ""]
     lines += ["## Quality vs time", ""]
     lines += [f"![quality vs time]({PLOT_FILE})", ""] if plot else [f"Plot skipped: {skipped}.", ""]
     errors = error_lines(results)

@@ -12,10 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from .parts import PARTS_DIR, merge_parts, write_part
-from .pipelines import PipelineInfo, call_once, describe, error_record, load, set_scheduler
+from .pipelines import (
+    PipelineInfo,
+    call_once,
+    describe,
+    error_record,
+    load,
+    set_scheduler,
+)
 from .prompts import ComparePrompt, load_prompts
 from .schema import SCHEMA_VERSION, validate_results
-from .specs import SCHEDULER_KNOB, PipelineSpec, Sweep, parse_call_args, parse_pipelines, parse_sweep
+from .specs import (
+    SCHEDULER_KNOB,
+    PipelineSpec,
+    Sweep,
+    parse_call_args,
+    parse_pipelines,
+    parse_sweep,
+)
 from .summary import summarize_runs
 
 RESULTS_FILE, REPORT_FILE, IMAGES_DIR = "results.json", "report.md", "images"
@@ -94,10 +108,11 @@ def execute(items: list[WorkItem], infos: dict[str, PipelineInfo], prompts: list
             if info.error is None:
                 try:
                     pipe = load(info, device, dtype)
-                except Exception as err:  # recorded; the other pipelines go on
+                except Exception as err:  # noqa: BLE001  (recorded; the other pipelines go on)
                     info.error = error_record(err)
         record = {"item": it.item, "pipeline": it.pipeline, "sweep_value": it.sweep_value,
-                  "prompt_index": it.prompt_index, "prompt": prompt.text, "family": prompt.family, "split": prompt.split,
+                  "prompt_index": it.prompt_index, "prompt": prompt.text, "family": prompt.family,
+                  "split": prompt.split,
                   "seed": it.seed, "width": it.size[0], "height": it.size[1], "image": None, "seconds": None,
                   "forward_passes": None, "peak_memory_bytes": None, "memory_kind": None, "shapes_passed": None,
                   "shapes_reason": None, "clip_score": None, "error": info.error}
@@ -122,7 +137,7 @@ def execute(items: list[WorkItem], infos: dict[str, PipelineInfo], prompts: list
                 record["shapes_passed"], record["shapes_reason"] = check_spec(prompt.spec, detect(result.image).objects)
             if clip is not None:
                 record["clip_score"] = clip.score(result.image, prompt.text)
-        except Exception as err:  # recorded; the other prompts go on
+        except Exception as err:  # noqa: BLE001  (recorded; the other prompts go on)
             record["error"] = error_record(err)
     pipe = None
     _free(device)
@@ -222,7 +237,8 @@ def run_comparison(
         "settings": {
             "prompts": str(prompts) if isinstance(prompts, (str, Path)) else "list", "n": n,
             "families": list(families) if families else None, "prompt_seed": prompt_seed, "seeds": seeds,
-            "sizes": [list(s) for s in sizes], "sweep": {"knob": sweep.knob, "values": list(sweep.values)} if sweep else None,
+            "sizes": [list(s) for s in sizes],
+            "sweep": {"knob": sweep.knob, "values": list(sweep.values)} if sweep else None,
             "call_args": call_args, "clip_model": None if clip_model is None else str(clip_model), "device": device,
             "dtype": dtype, "num_processes": state.num_processes, "warmup": warmup,
         },

@@ -108,5 +108,5 @@ def parse_call_args(items: list[str] | None) -> dict[str, Any]:
         out[key.strip()] = parse_value(value)
     reserved = {"prompt", "height", "width", "generator", "output_type"} & set(out)
     if reserved:
-        raise ValueError(f"--call-arg {sorted(reserved)[0]} is set by the harness; use --prompts/--sizes/--seeds instead")
+        raise ValueError(f"--call-arg {min(reserved)} is set by the harness; use --prompts/--sizes/--seeds instead")
     return out
