@@ -159,3 +159,28 @@ def test_generate_keeps_the_folders_scheduler(fixture_dir, tmp_path, capsys):
     assert main(["generate", "a", "--model", str(folder), "-o", str(tmp_path / "b.png"), "--json",
                  "--scheduler", "ar"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scheduler"] == "ar"
+
+
+def test_every_command_help_shows_an_example_and_its_defaults():
+    import argparse
+
+    from diffusers_lumina_mgpt.cli import build_parser
+
+    def leaves(parser, path=()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for action in subs:
+            for name, child in action.choices.items():
+                yield from leaves(child, (*path, name))
+
+    commands = dict(leaves(build_parser()))
+    assert {("generate",), ("edit",), ("chat",), ("convert",), ("eval", "shapes"), ("shapes", "make"), ("demo",),
+            ("compare",), ("train",)} <= set(commands)
+    for path, parser in commands.items():
+        text = parser.format_help()
+        assert "example" in text.lower(), f"`lumina-mgpt {' '.join(path)} --help` shows no example"
+        has_defaults = any(a.default not in (None, False, argparse.SUPPRESS) and a.option_strings and a.help
+                           for a in parser._actions)
+        if has_defaults:
+            assert "(default:" in text, f"`lumina-mgpt {' '.join(path)} --help` hides its defaults"

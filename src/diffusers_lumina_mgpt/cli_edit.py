@@ -3,7 +3,7 @@
 Both use `LuminaMGPTEditPipeline` over a pipeline folder (default: `DEFAULT_MODEL`, when the install ships one).
 `chat` answers one message when given one, else reads messages from stdin, one per line, streaming
 each answer; `/image PATH` attaches an image to the next message and `/reset` clears the history.
-Image answers are written as `chat-N.png` beside `--out-dir`.
+Image answers are written as `chat-N.png` into `--out-dir` when one is given (nothing is written otherwise).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--text-top-k", type=int, default=1, help="1 = greedy answers")
     ch.add_argument("--max-new-tokens", type=int, default=128)
-    ch.add_argument("--out-dir", default=".", help="where image answers are written")
+    ch.add_argument("--out-dir", help="where image answers are written (chat-N.png); without it they are not saved")
     ch.set_defaults(func=_chat)
 
 
@@ -87,11 +87,12 @@ def _chat(args: argparse.Namespace) -> int:
     from .cli_checks import check_output_dir
     from .vocab import IMAGE_PLACEHOLDER
 
-    check_output_dir(args.out_dir, "--out-dir")
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, "--out-dir")
     images = [_image(p) for p in args.image]
     pipe = _load(args.model)
     generator = torch.Generator().manual_seed(args.seed)
-    out_dir = Path(args.out_dir)
+    out_dir = None if args.out_dir is None else Path(args.out_dir)
     history, pending, saved = None, images, 0
 
     def answer(message: str) -> None:
@@ -104,6 +105,9 @@ def _chat(args: argparse.Namespace) -> int:
             print(piece, end="", flush=True)
         result = stream.result
         for image in result.images or []:
+            if out_dir is None:
+                print(f" [a {image.width}x{image.height} image; pass --out-dir to save it]", end="")
+                continue
             saved += 1
             out_dir.mkdir(parents=True, exist_ok=True)
             image.save(out_dir / f"chat-{saved}.png")

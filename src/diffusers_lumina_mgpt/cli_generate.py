@@ -13,6 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert a Lumina-mGPT / Chameleon checkpoint into a diffusers pipeline folder",
         description="Convert a transformers-format Lumina-mGPT / Chameleon folder plus Meta's VQGAN files "
         "into a LuminaMGPTPipeline folder (model_index.json, tokenizer, transformer, vqvae, scheduler).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: lumina-mgpt convert --model Lumina-mGPT-7B-768 --vqgan-ckpt chameleon/tokenizer/vqgan.ckpt "
+               "--vqgan-config chameleon/tokenizer/vqgan.yaml --default-size 768 --dtype bfloat16 --out lumina-mgpt-768",
     )
     conv.add_argument("--model", required=True, help="transformers folder (config.json + safetensors)")
     conv.add_argument("--vqgan-ckpt", help="Meta's vqgan.ckpt (the image decoder); without it only encoding works")

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shapes.set_defaults(func=lambda args: shapes.print_help() or 0)
     sub = shapes.add_subparsers(dest="action", metavar="ACTION")
 
-    make = sub.add_parser("make", help="write task records (JSONL) and images")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    make = sub.add_parser("make", help="write task records (JSONL) and images", formatter_class=fmt,
+                          epilog="example: lumina-mgpt shapes make --task edit --n 50 --out shapes-edit")
     make.add_argument("--task", required=True, choices=[*TASKS, "all"])
     make.add_argument("--n", type=int, default=100, help="number of records")
     make.add_argument("--seed", type=int, default=0)
@@ -58,19 +60,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--relative-paths", action="store_true", help="image paths relative to --out (default absolute)")
     make.set_defaults(func=_make)
 
-    examples = sub.add_parser("examples", help="one example sheet per task (PNG), as in docs/shapes")
+    examples = sub.add_parser("examples", help="one example sheet per task (PNG), as in docs/shapes",
+                              formatter_class=fmt, epilog="example: lumina-mgpt shapes examples --out sheets --seed 3")
     examples.add_argument("--out", required=True, help="folder for the example sheets (one PNG per task)")
     examples.add_argument("--seed", type=int, default=0)
     examples.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscale factor")
     examples.set_defaults(func=_examples)
 
-    cal = sub.add_parser("calibrate", help="measure the scorer: ground-truth accuracy and false accepts")
+    cal = sub.add_parser("calibrate", help="measure the scorer: ground-truth accuracy and false accepts",
+                         formatter_class=fmt, epilog="example: lumina-mgpt shapes calibrate --n 100 --json calibration.json")
     cal.add_argument("--n", type=int, default=300, help="samples per family / task")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--json", help="write the figures here")
     cal.set_defaults(func=_calibrate)
 
-    ev = eval_subparsers(subparsers).add_parser("shapes", help="GenEval-style ShapesWorld scores of a pipeline")
+    ev = eval_subparsers(subparsers).add_parser(
+        "shapes", help="GenEval-style ShapesWorld scores of a pipeline", formatter_class=fmt,
+        epilog="example: lumina-mgpt eval shapes --model DIR --n 200 --batch-size 16 --json scores.json "
+               "(Omni tasks: --task vqa)")
     ev.add_argument("--model", help="pipeline folder (ours or any diffusers text-to-image pipeline; "
                                     "default: DEFAULT_MODEL, when the install ships one)")
     ev.add_argument("--ground-truth", action="store_true", help="score the ground-truth renders (checks the scorer)")
