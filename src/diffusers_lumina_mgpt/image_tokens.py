@@ -70,7 +70,7 @@ def encode_image_block(codes: torch.Tensor, vocab: LuminaVocab, latents_per_grid
         )
     tokens = vocab.codes_to_tokens(codes)  # (h, w)
     newline = torch.full((h, 1), vocab.newline_id, dtype=torch.long, device=tokens.device)
-    head = torch.tensor([vocab.boi_id, vocab.grid_token(h_grid), vocab.grid_token(w_grid)], device=tokens.device)
+    head = torch.tensor(vocab.image_header(h_grid, w_grid), device=tokens.device)
     tail = torch.tensor([vocab.eoi_id], device=tokens.device)
     return torch.cat([head, torch.cat([tokens, newline], dim=1).flatten(), tail])
 

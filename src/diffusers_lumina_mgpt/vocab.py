@@ -177,6 +177,11 @@ class LuminaVocab:
             )
         return self.grid_token_ids[int(n) - 1]
 
+    def image_header(self, h_grid: int, w_grid: int) -> list[int]:
+        """`[BOI, H, W]`, the three tokens that open an image block of `h_grid x w_grid` grids (the one place
+        the header is built)."""
+        return [self.boi_id, self.grid_token(h_grid), self.grid_token(w_grid)]
+
     def grid_value(self, token_id: int) -> int | None:
         """The grid count a token stands for, or None if it is not a grid token."""
         return self._grid_lookup.get(int(token_id))

@@ -388,7 +388,7 @@ class TurnDecoder:
         pipe, s, v = self.pipe, self.settings, self.pipe.vocab
         p = pipe.image_processor.config.patch_size
         if s.height is not None:
-            return [v.boi_id, v.grid_token(s.height // p), v.grid_token(s.width // p)]
+            return v.image_header(s.height // p, s.width // p)
         lpg = pipe.image_processor.latents_per_grid
         n_ctx = len(ctx)
         logits = self._forward([v.boi_id], n_ctx)

@@ -173,7 +173,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
     def image_header(self, height: int, width: int) -> torch.Tensor:
         """`BOI, H_grid, W_grid` for an image of `height x width` pixels."""
         p = self.image_processor.config.patch_size
-        return torch.tensor([self.vocab.boi_id, self.vocab.grid_token(height // p), self.vocab.grid_token(width // p)])
+        return torch.tensor(self.vocab.image_header(height // p, width // p))
 
     def encode_prompt(self, prompt: str, height: int, width: int) -> torch.Tensor:
         """Token ids of the conditional context: the text-to-image conversation then `BOI, H, W`."""
