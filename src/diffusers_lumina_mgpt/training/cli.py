@@ -1,4 +1,4 @@
-"""Training subcommands: `pretokenize`, `train`, `train-vq`, `export`, `plot`.
+"""Training subcommands: `pretokenize`, `train`, `train-vq`, `train-diffusion`, `export`, `plot`.
 
 `train --num-processes N` (N > 1) starts N processes through accelerate; it runs exactly
 `accelerate launch --multi_gpu --num_processes N -m diffusers_lumina_mgpt.training.launch CONFIG ...`
@@ -50,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vq.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     vq.add_argument("--no-progress", action="store_true")
     vq.set_defaults(func=_train_vq)
+
+    dif = subparsers.add_parser(
+        "train-diffusion", help="train a small pixel-space text-to-image diffusion baseline (a stock IFPipeline)",
+        formatter_class=fmt,
+        epilog="example: lumina-mgpt train-diffusion examples/shapesworld/diffusion.yaml --output-dir runs/diffusion")
+    dif.add_argument("config", help="YAML config (examples/shapesworld/diffusion.yaml; see docs/training.md)")
+    dif.add_argument("--output-dir", required=True, help="run folder; re-running on it resumes")
+    dif.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    dif.add_argument("--no-progress", action="store_true")
+    dif.set_defaults(func=_train_diffusion)
 
     ex = subparsers.add_parser("export", help="a training checkpoint -> a diffusers pipeline folder", formatter_class=fmt,
                                epilog="example: lumina-mgpt export runs/smoke/checkpoints/step-20 --out smoke-pipeline")
@@ -107,6 +117,15 @@ def _train_vq(args: argparse.Namespace) -> int:
     report = train_vq(load_vq_config(args.config, args.set), args.output_dir, progress=not args.no_progress)
     print(f"VQ tokenizer in {os.path.join(args.output_dir, 'vqvae')}: held-out PSNR {report['psnr']:.2f} dB, "
           f"{report['codes_used']}/{report['codebook_size']} codes used, perplexity {report['perplexity']:.1f}")
+    return 0
+
+
+def _train_diffusion(args: argparse.Namespace) -> int:
+    from .diffusion_train import load_diffusion_config, train_diffusion
+
+    out = train_diffusion(load_diffusion_config(args.config, args.set), args.output_dir, progress=not args.no_progress)
+    print(f"pipeline written to {out} (diffusers IFPipeline); training compute in "
+          f"{os.path.join(args.output_dir, 'compute.json')}")
     return 0
 
 

@@ -1,0 +1,164 @@
+"""The diffusion baseline (`train-diffusion`): the smoke recipe trains and resumes exactly, its pipeline folder
+is a stock diffusers IFPipeline that loads offline, draws at two bucket sizes and can be scored; data,
+tokenizer, batches and config checks."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from diffusers_lumina_mgpt.training.checkpoints import read_metrics
+from diffusers_lumina_mgpt.training.diffusion_train import (
+    BucketBatches, build_tokenizer, load_diffusion_config, load_t2i_data, train_diffusion,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shapesworld"
+SMOKE = EXAMPLES / "diffusion-smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("diffusion") / "run"
+    assert train_diffusion(load_diffusion_config(SMOKE), out, progress=False) == out / "pipeline"
+    return out
+
+
+def test_smoke_recipe_trains_with_metrics_checkpoints_and_compute(smoke_run):
+    rows = read_metrics(smoke_run)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all(np.isfinite(r["loss"]) and r["stage"] == "diffusion" for r in rows)
+    assert len({r["size"] for r in rows}) > 1  # batches come from several aspect buckets
+    assert sorted(p.name for p in (smoke_run / "checkpoints").iterdir()) == ["step-12", "step-6"]
+    compute = json.loads((smoke_run / "compute.json").read_text())
+    assert compute["images_seen"] == 12 * 4 and sum(compute["steps_per_bucket"].values()) == 12
+    assert compute["total_train_flops"] == sum(n * 4 * compute["train_flops_per_image"][size]
+                                               for size, n in compute["steps_per_bucket"].items())
+    assert compute["train_flops_per_image"]["96x64"] > compute["train_flops_per_image"]["64x64"] > 0
+    assert compute["train_seconds"] > 0 and compute["unet_parameters"] > 100_000
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(smoke_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(smoke_run, resumed)
+    shutil.rmtree(resumed / "pipeline")
+    shutil.rmtree(resumed / "checkpoints" / "step-12")
+    (resumed / "compute.json").unlink()
+    # mark the steps the step-6 checkpoint covers: a resume keeps them, a restart from scratch would not
+    lines = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps({**r, "kept": r["step"] <= 6}) + "\n" for r in lines))
+    train_diffusion(load_diffusion_config(SMOKE), resumed, progress=False)
+    rows = read_metrics(resumed)
+    assert [r.get("kept", False) for r in rows] == [True] * 6 + [False] * 6
+    assert [r["loss"] for r in rows] == [r["loss"] for r in read_metrics(smoke_run)]
+    from safetensors.torch import load_file
+
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(smoke_run / "pipeline" / part)), load_file(str(resumed / "pipeline" / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a different config on the same folder is refused
+    shutil.rmtree(resumed / "pipeline")
+    with pytest.raises(ValueError, match="another config"):
+        train_diffusion(load_diffusion_config(SMOKE, ["train.lr=0.01"]), resumed, progress=False)
+
+
+def test_pipeline_folder_is_stock_diffusers_and_draws_two_sizes(smoke_run, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, IFPipeline
+
+    index = json.loads((smoke_run / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "IFPipeline"
+    assert {v[0] for k, v in index.items() if not k.startswith("_") and isinstance(v, list)} <= {
+        "diffusers", "transformers", None}
+    pipe = DiffusionPipeline.from_pretrained(str(smoke_run / "pipeline"))
+    assert isinstance(pipe, IFPipeline) and isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    pipe.set_progress_bar_config(disable=True)
+    for width, height in ((64, 64), (128, 32)):
+        image = pipe("a red circle", height=height, width=width, num_inference_steps=2, guidance_scale=3.0,
+                     generator=torch.Generator().manual_seed(0), clean_caption=False).images[0]
+        assert image.size == (width, height)
+        assert np.asarray(image).std() > 0
+    # the pipeline's tokenizer is the training one: ShapesWorld prompt words are known, "" is the null prompt
+    ids = pipe.tokenizer(["Two red circles and a blue square", ""]).input_ids
+    assert 2 not in ids[0] and ids[0][-1] == 1 and ids[1] == [1]
+
+
+def test_evaluate_shapes_scores_the_pipeline(smoke_run):
+    from diffusers_lumina_mgpt.shapes.evaluate import evaluate_shapes
+
+    result = evaluate_shapes(smoke_run / "pipeline", n=1, families=["single_object"], size=(64, 64), progress=False,
+                             call_kwargs={"num_inference_steps": 2, "clean_caption": False})
+    assert len(result["prompts"]) == 1 and 0.0 <= result["overall"] <= 1.0
+
+
+def test_word_level_tokenizer_round_trip(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = build_tokenizer(["A red circle.", "two blue squares"])
+    ids = tok("Two RED circle, purple.").input_ids
+    vocab = tok.get_vocab()
+    assert ids == [vocab["two"], vocab["red"], vocab["circle"], 2, 2, vocab["."], 1]  # "," and "purple" unseen
+    assert (vocab["<pad>"], vocab["</s>"], vocab["<unk>"]) == (0, 1, 2)
+    tok.save_pretrained(str(tmp_path))
+    again = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    padded = again("a red circle", padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and padded[:4] == [vocab["a"], vocab["red"], vocab["circle"], 1] and set(padded[4:]) == {0}
+
+
+def test_bucket_batches_are_a_function_of_step_and_cover_each_epoch():
+    counts = [10, 3, 7]
+    a, b = BucketBatches(counts, 3, seed=1), BucketBatches(counts, 3, seed=1)
+    assert a.per_epoch == 3 + 1 + 2
+    epoch = [a(s) for s in range(6)]
+    for s in (5, 0, 3):  # any order, a fresh instance: the same batches
+        assert b(s)[0] == epoch[s][0] and np.array_equal(b(s)[1], epoch[s][1])
+    for bucket, count in enumerate(counts):
+        taken = np.concatenate([i for k, i in epoch if k == bucket])
+        assert len(taken) == count // 3 * 3 == len(set(taken.tolist())) and taken.max() < count
+    with pytest.raises(ValueError, match="lower train.batch_size"):
+        BucketBatches([2, 2], 3, seed=0)
+
+
+def test_caption_folders_are_resized_into_buckets(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (100, 60), (200, 20, 20)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "imgs" / "a.txt").write_text("a red picture")
+    Image.new("RGB", (64, 64), (20, 20, 200)).save(tmp_path / "imgs" / "b.png")  # no caption: skipped
+    config = load_diffusion_config(None, [f"data.sources=[{{source: {tmp_path / 'imgs'}}}]"])
+    buckets, pixels, captions, skipped = load_t2i_data(config)
+    b = buckets.index((80, 48))
+    assert captions[b] == ["a red picture"] and tuple(pixels[b].shape) == (1, 3, 48, 80)
+    assert skipped == {"missing_image": 1}
+
+
+def test_config_errors_are_one_line_and_name_the_fix(tmp_path, capsys):
+    with pytest.raises(ValueError, match="multiple of 4"):
+        load_diffusion_config(SMOKE, ["data.buckets=[[50, 64]]"])
+    with pytest.raises(ValueError, match="caption_dropout"):
+        load_diffusion_config(SMOKE, ["train.caption_dropout=1.0"])
+    (tmp_path / "typo.yaml").write_text("train: {stpes: 10}\n")
+    with pytest.raises(ValueError, match="unknown config key 'train.stpes'"):
+        load_diffusion_config(tmp_path / "typo.yaml")
+    from diffusers_lumina_mgpt.cli import build_parser, main
+
+    assert main(["train-diffusion", str(SMOKE), "--output-dir", str(tmp_path), "--set", "model.sample_size=30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "multiple of 4" in err
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "train-diffusion" in a.choices)
+    assert "example: lumina-mgpt train-diffusion" in sub.choices["train-diffusion"].format_help()
+
+
+def test_full_recipe_uses_the_ar_recipes_text_to_image_records():
+    from diffusers_lumina_mgpt.training.diffusion_train import build_unet
+
+    config = load_diffusion_config(EXAMPLES / "diffusion.yaml")
+    ar = yaml.safe_load((EXAMPLES / "default.yaml").read_text())
+    ar_t2i = sorted((d["n"], d.get("seed", ar["seed"])) for st in ar["stages"] for d in st["data"]
+                    if d["source"] == "shapes:t2i")
+    assert sorted((d["n"], d["seed"]) for d in config["data"]["sources"]) == ar_t2i
+    assert config["data"]["chunk_size"] == ar["data"]["chunk_size"]  # shapes: records depend on it
+    assert 3e6 < sum(p.numel() for p in build_unet(config).parameters()) < 5e6
