@@ -5,8 +5,8 @@
 
 Writes OUT/scores.json (every number), OUT/loss.png (training curves, when --run is given),
 OUT/t2i-grid.png (generated images per prompt family), OUT/tasks-grid.png (input -> answer per Omni
-task). Parts: a sampling sweep (guidance x image top-k, `--parts sweep`), t2i at the default size and two other
-aspect ratios (`eval shapes`), every Omni task (`eval shapes --task ...`), and AR vs speculative Jacobi
+task). Parts: how much the caption lowers the image loss (`conditioning`), a sampling sweep (guidance x
+image top-k, `--parts sweep`), t2i at the default size and two other aspect ratios (`eval shapes`), every Omni task (`eval shapes --task ...`), and AR vs speculative Jacobi
 decoding (forwards per image token, score).
 """
 
@@ -76,6 +76,35 @@ def jacobi_vs_ar(pipe, n: int, seed: int, sampling: dict) -> dict:
                      "seconds_per_image": (time.perf_counter() - t0) / len(items)}
         print(f"{name}: {out[name]}", flush=True)
     pipe.scheduler = LuminaMGPTARScheduler.from_config(pipe.scheduler.config)
+    return out
+
+
+@torch.no_grad()
+def conditioning(pipe, n: int, seed: int) -> dict:
+    """How much the caption lowers the image tokens' loss: mean NLL (nats per image token) of ground-truth
+    64x64 image blocks after their own caption, after another record's caption, and after the image
+    header alone. A model that follows prompts has right << none < wrong; this moves long before the
+    scorer does, so it tracks prompt-following early in training."""
+    from diffusers_lumina_mgpt.pipelines.chat import encode_images
+    from diffusers_lumina_mgpt.shapes.tasks import make_records
+
+    records = [r for r in make_records("t2i", 8 * n, seed=seed + 99) if r.images[0].size == (64, 64)][:n]
+    captions = [r.conversations[0]["value"].split("prompt:\n", 1)[-1] for r in records]
+
+    def nll(context: torch.Tensor, block: torch.Tensor) -> float:
+        ids = torch.cat([context, block[3:]])[None]  # the block's own header ends the context
+        logits = pipe.transformer(ids).logits[0, len(context) - 1 : -1].float()
+        return float(-torch.log_softmax(logits, -1).gather(1, ids[0, len(context):, None]).mean())
+
+    rows = {"own_caption": [], "other_caption": [], "no_caption": []}
+    for i, rec in enumerate(records):
+        block = encode_images(pipe, rec.images[0])[0]
+        rows["own_caption"].append(nll(pipe.encode_prompt(captions[i], 64, 64), block))
+        rows["other_caption"].append(nll(pipe.encode_prompt(captions[(i + 1) % len(captions)], 64, 64), block))
+        rows["no_caption"].append(nll(pipe.image_header(64, 64), block))
+    out = {k: float(np.mean(v)) for k, v in rows.items()}
+    out["records"] = len(records)
+    print(f"conditioning: {out}", flush=True)
     return out
 
 
@@ -162,12 +191,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="prompts per family")
     parser.add_argument("--n-tasks", type=int, default=100, help="records per Omni task")
     parser.add_argument("--n-sweep", type=int, default=20, help="prompts per family in the sampling sweep")
+    parser.add_argument("--n-conditioning", type=int, default=32, help="64x64 records for the caption-loss part")
     parser.add_argument("--n-jacobi", type=int, default=20, help="prompts per family for AR vs Jacobi")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--image-top-k", type=int, help="default: the pipeline's scheduler config")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--parts", nargs="+", default=["t2i", "tasks", "jacobi", "pictures"])
+    parser.add_argument("--parts", nargs="+", default=["conditioning", "t2i", "tasks", "jacobi", "pictures"],
+                        choices=["conditioning", "sweep", "t2i", "tasks", "jacobi", "pictures"])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +214,9 @@ def main() -> None:
     sampling = {"guidance_scale": args.guidance, "image_top_k": top_k}
     settings = {"n": args.n, "n_tasks": args.n_tasks, "seed": args.seed, **sampling, "threads": torch.get_num_threads()}
     scores["settings"] = settings
+    if "conditioning" in args.parts:
+        scores["conditioning"] = conditioning(pipe, args.n_conditioning, args.seed)
+        path.write_text(json.dumps(scores, indent=1))
     if "sweep" in args.parts:
         scores["sweep"] = sweep(args.model, args.n_sweep, args.seed, args.batch)
         path.write_text(json.dumps(scores, indent=1))
