@@ -96,6 +96,17 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def save_pipeline(pipe: Any, out: Path) -> Path:
+    """`pipe.save_pretrained` into `out` atomically: written under a temporary name, then renamed, so an
+    interrupted export never leaves a half-written pipeline folder."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def save_plain_state(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
     """Single-process state without accelerate: weights (safetensors), optimiser, LR schedule, RNGs."""
     import random

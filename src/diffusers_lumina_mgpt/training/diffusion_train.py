@@ -36,7 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import MetricsLog, latest_checkpoint, load_plain_state, read_state, save_checkpoint, save_plain_state
+from .checkpoints import (
+    MetricsLog, latest_checkpoint, load_plain_state, read_state, save_checkpoint, save_pipeline, save_plain_state,
+)
 from .config import load_config, positive, resolve_path
 
 MAX_TEXT_LENGTH = 77  # IFPipeline pads every prompt to 77 tokens; training does the same
@@ -424,12 +426,7 @@ def export_diffusion_pipeline(config: dict[str, Any], unet, text_encoder, tokeni
     sampler = DPMSolverMultistepScheduler.from_config(build_noise_scheduler(config).config, **config["sampler"])
     pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=sampler, safety_checker=None,
                       feature_extractor=None, watermarker=None, requires_safety_checker=False)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return save_pipeline(pipe, out)
 
 
 def compute_report(config: dict[str, Any], unet, text_encoder, buckets: list[tuple[int, int]], batches: BucketBatches,

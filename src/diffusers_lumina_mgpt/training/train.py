@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import MetricsLog, latest_checkpoint, read_state, save_checkpoint
+from .checkpoints import MetricsLog, latest_checkpoint, read_state, save_checkpoint, save_pipeline
 from .config import load_config, positive, resolve_path
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -237,12 +237,7 @@ def export_pipeline(transformer, base: Path, out: Path, default_size: int, sched
     scheduler = LuminaMGPTARScheduler(**(scheduler_config or {}))
     pipe = LuminaMGPTPipeline(tokenizer=AutoTokenizer.from_pretrained(str(base / "tokenizer")), transformer=transformer,
                               vqvae=load_vqvae(base / "vqvae"), scheduler=scheduler, default_size=int(default_size))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return save_pipeline(pipe, out)
 
 
 # ----------------------------------------------------------------------------- loop
