@@ -309,9 +309,25 @@ def test_train_vq_learns_resumes_and_reports(tmp_path):
     resumed = train_vq(load_vq_config(None, overrides), tmp_path / "b", progress=False)
     assert [r["loss"] for r in read_metrics(tmp_path / "b")] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert resumed == whole
-    from diffusers import VQModel
+    from diffusers_lumina_mgpt.vq import ChameleonVQModel, PixelNorm
 
-    assert VQModel.from_pretrained(str(tmp_path / "a" / "vqvae")).config.num_vq_embeddings == 64
+    reloaded = ChameleonVQModel.from_pretrained(str(tmp_path / "a" / "vqvae"))
+    assert reloaded.config.num_vq_embeddings == 64 and reloaded.config.pixel_norm is True
+    assert any(isinstance(m, PixelNorm) for m in reloaded.modules())
+    assert whole["flat_code_entropy"] is None or whole["flat_code_entropy"] >= 0
+
+
+def test_flat_code_entropy_counts_codes_of_flat_patches():
+    from diffusers_lumina_mgpt.training.vq_train import flat_code_entropy, flat_patch_codes
+
+    pixels = torch.full((3, 28, 28), 128, dtype=torch.uint8)
+    pixels[:, :4, :4] = 0  # a dark corner: its neighbourhood is not flat
+    codes = torch.zeros(7, 7, dtype=torch.long)
+    found = flat_patch_codes(pixels, codes, radius=1)
+    # interior patches (not on the border) whose 3x3 patch window is all grey: 5x5 minus the corner's neighbour
+    assert len(found) == 24 and {c for c, _ in found} == {(128, 128, 128)}
+    assert flat_code_entropy({}) is None and flat_code_entropy({(128,) * 3: [5] * 10}) == 0.0
+    assert flat_code_entropy({(128,) * 3: [1, 2] * 5, (0,) * 3: [7] * 10}) == pytest.approx(np.log(2) / 2)
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -323,3 +323,47 @@ def test_pixels_to_uint8_is_truncation():
     assert out.shape == (6, 1, 3)
     assert out[:, 0, 0].tolist() == [0, 0, 127, 254, 255, 255]
 
+
+
+def _small_vq(pixel_norm: bool) -> ChameleonVQModel:
+    torch.manual_seed(0)
+    return ChameleonVQModel(
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, num_vq_embeddings=64, vq_embed_dim=4,
+        norm_num_groups=4, mid_block_add_attention=False, lookup_from_codebook=False, pixel_norm=pixel_norm,
+    ).eval()
+
+
+def test_pixel_norm_is_layer_norm_over_channels():
+    from diffusers_lumina_mgpt.vq import PixelNorm
+
+    norm = PixelNorm(6, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 6, 5, 7)
+    ref = torch.nn.LayerNorm(6, eps=1e-6)
+    ref.load_state_dict({"weight": norm.weight, "bias": norm.bias})
+    torch.testing.assert_close(norm(x), ref(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_pixel_norm_codes_depend_only_on_their_neighbourhood(tmp_path):
+    """Changing the far corner of an image leaves the codes of the near corner alone with PixelNorm;
+    with GroupNorm (image-wide statistics) they change, which is what made a flat background take
+    dozens of different codes depending on the objects elsewhere."""
+    pixels = _images(64, 64, seed=3)
+    changed = pixels.clone()
+    changed[:, :, 48:, 48:] = torch.rand(1, 3, 16, 16) * 2 - 1
+    for pixel_norm in (True, False):
+        vq = _small_vq(pixel_norm)
+        with torch.no_grad():
+            a, b = vq.encode(pixels).latents, vq.encode(changed).latents
+        near_same = torch.equal(a[..., :6, :6], b[..., :6, :6])
+        assert near_same is pixel_norm
+    vq = _small_vq(True)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in vq.modules())
+    vq.save_pretrained(tmp_path / "vq")
+    reloaded = ChameleonVQModel.from_pretrained(tmp_path / "vq").eval()
+    assert reloaded.config.pixel_norm is True
+    with torch.no_grad():
+        assert torch.equal(vq_encode_codes(reloaded, pixels), vq_encode_codes(vq, pixels))

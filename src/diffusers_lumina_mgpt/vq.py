@@ -35,6 +35,7 @@ diffusers_compat.install()
 
 __all__ = [
     "ChameleonVQModel",
+    "PixelNorm",
     "vq_decode_codes",
     "vq_downsample_factor",
     "vq_encode_codes",
@@ -92,6 +93,7 @@ class ChameleonVQModel(VQModel):
         lookup_from_codebook: bool = True,
         force_upcast: bool = False,
         has_decoder: bool = True,
+        pixel_norm: bool = False,
     ):
         super().__init__(
             in_channels=in_channels,
@@ -115,6 +117,10 @@ class ChameleonVQModel(VQModel):
         if not has_decoder:
             # post_quant_conv stays: transformers' checkpoints store it next to the encoder.
             self.decoder = None
+        if pixel_norm:
+            for part in (self.encoder, self.decoder):
+                if part is not None:
+                    _use_pixel_norm(part)
 
     def decode(
         self,
@@ -126,6 +132,29 @@ class ChameleonVQModel(VQModel):
         if not self.config.has_decoder:
             raise ValueError(_ENCODER_ONLY_MESSAGE)
         return super().decode(h, force_not_quantize=force_not_quantize, return_dict=return_dict, shape=shape)
+
+
+class PixelNorm(torch.nn.Module):
+    """Layer norm over dim 1 (channels) of a (B, C, ...) tensor, each position on its own; holds
+    `weight` and `bias` of shape (C,) like the `GroupNorm` it replaces."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.num_channels, self.eps = num_channels, eps
+        self.weight = torch.nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = torch.nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.layer_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.bias, self.eps)
+        return x.movedim(-1, 1)
+
+
+def _use_pixel_norm(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.GroupNorm):
+            setattr(module, name, PixelNorm(child.num_channels, child.eps, child.affine))
+        else:
+            _use_pixel_norm(child)
 
 
 def vq_downsample_factor(vqvae: VQModel) -> int:

@@ -33,7 +33,7 @@ VQ_DEFAULTS: dict[str, Any] = {
              "kinds": {"scene": 2, "degraded": 1, "segmentation": 1, "depth": 1}},
     "model": {
         "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "latent_channels": 16,
-        "num_vq_embeddings": 1024, "vq_embed_dim": 8, "norm_num_groups": 8,
+        "num_vq_embeddings": 1024, "vq_embed_dim": 8, "norm_num_groups": 8, "pixel_norm": True,
     },
     "train": {
         "steps": 3000, "batch_size": 48, "crop": 32, "lr": 2e-3, "warmup": 100, "beta": 0.25,
@@ -44,15 +44,18 @@ VQ_DEFAULTS: dict[str, Any] = {
 
 
 def vq_model_from_config(model: dict[str, Any]):
-    from diffusers import VQModel
+    """A `ChameleonVQModel` (a diffusers `VQModel`) from the recipe's `model` section. With `pixel_norm`
+    (the default) a code depends only on the pixels in its receptive field (see `ChameleonVQModel`)."""
+    from ..vq import ChameleonVQModel
 
     levels = len(model["block_out_channels"])
-    return VQModel(
+    return ChameleonVQModel(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(model["block_out_channels"]),
         layers_per_block=model["layers_per_block"], latent_channels=model["latent_channels"],
         num_vq_embeddings=model["num_vq_embeddings"], vq_embed_dim=model["vq_embed_dim"],
-        norm_num_groups=model["norm_num_groups"], mid_block_add_attention=False,
+        norm_num_groups=model["norm_num_groups"], mid_block_add_attention=False, scaling_factor=1.0, lookup_from_codebook=False,
+        pixel_norm=bool(model.get("pixel_norm", True)),
     )
 
 
@@ -181,15 +184,48 @@ def evaluate_vq(vqvae, images: list[Image.Image]) -> dict[str, float]:
 
     counts = torch.zeros(vq_num_codes(vqvae))
     psnrs = []
+    flat: dict[tuple[int, ...], list[int]] = {}
     for im in images:
         pixels, codes, recon = round_trip(vqvae, im)
         counts += torch.bincount(codes.flatten(), minlength=counts.numel()).float()
         mse = float(((to_uint8(pixels) - to_uint8(recon)) ** 2).mean())
         psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
+        for colour, code in flat_patch_codes(to_uint8(pixels)[0], codes[0]):
+            flat.setdefault(colour, []).append(code)
     p = counts / counts.sum()
     perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
     return {"psnr": float(np.mean(psnrs)), "perplexity": perplexity, "codes_used": int((counts > 0).sum()),
-            "codebook_size": int(counts.numel()), "images": len(images)}
+            "codebook_size": int(counts.numel()), "images": len(images),
+            "flat_code_entropy": flat_code_entropy(flat)}
+
+
+def flat_patch_codes(pixels: torch.Tensor, codes: torch.Tensor, radius: int = 2) -> list[tuple[tuple[int, ...], int]]:
+    """(colour, code) of every code whose patch and the patches up to `radius` away are one flat colour,
+    all inside the image (codes next to a border differ by position, which is context, not noise);
+    `pixels` (3, H, W) uint8 values, `codes` (h, w)."""
+    f = pixels.shape[-1] // codes.shape[-1]
+    out = []
+    for i in range(radius, codes.shape[0] - radius):
+        for j in range(radius, codes.shape[1] - radius):
+            window = pixels[:, (i - radius) * f:(i + radius + 1) * f, (j - radius) * f:(j + radius + 1) * f].reshape(3, -1)
+            if bool((window == window[:, :1]).all()):
+                out.append((tuple(int(v) for v in window[:, 0]), int(codes[i, j])))
+    return out
+
+
+def flat_code_entropy(groups: dict[tuple[int, ...], list[int]]) -> float | None:
+    """Mean entropy (nats) of the codes given to patches of one flat colour, weighted by patch count.
+
+    A tokenizer whose codes depend only on local content gives every patch of one flat colour the same
+    code (0 nats, away from image borders); GroupNorm's image-wide statistics scatter them over many codes
+    that an autoregressive model must then guess. None when no patch qualifies."""
+    total, weighted = 0, 0.0
+    for codes in groups.values():
+        _, n = np.unique(np.asarray(codes), return_counts=True)
+        p = n / n.sum()
+        weighted += float(-(p * np.log(p)).sum()) * n.sum()
+        total += int(n.sum())
+    return weighted / total if total else None  # no flat patch in the images
 
 
 def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, float]:
