@@ -4,12 +4,12 @@ real diffusers StableDiffusionPipeline with tiny random weights saved to a folde
 from __future__ import annotations
 
 import json
-from pathlib import Path
-import string
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_diffusers import build_tiny_stable_diffusion
 
 from diffusers_lumina_mgpt.cli import main
 from diffusers_lumina_mgpt.shapes.language import FAMILIES
@@ -49,38 +49,6 @@ def test_eval_without_model_uses_the_default_or_says_so(tmp_path, capsys, monkey
     assert "no default model" in err and "--model" in err
     assert main(["eval", "shapes", "--model", str(tmp_path), "--n", "1"]) == 2
     assert "model_index.json" in capsys.readouterr().err
-
-
-def build_tiny_stable_diffusion(folder) -> None:
-    """A StableDiffusionPipeline with tiny random weights and a character-level CLIP tokenizer."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ".,:;'!?-":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4,
-    )
-    vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-        num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=77))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder / "pipe")
 
 
 def test_eval_a_real_diffusers_pipeline_folder(tmp_path, capsys):

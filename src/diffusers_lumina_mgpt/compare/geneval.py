@@ -17,22 +17,10 @@ from typing import Any
 
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """GenEval's evaluation_metadata.jsonl: one JSON object with a "prompt" per line (blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--metadata {path}: no such file; pass GenEval's prompts/evaluation_metadata.jsonl")
-    rows = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); "
-                             "GenEval metadata has one object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{path} line {k} has no \"prompt\" string; GenEval metadata lines look like "
-                             '{"tag": "single_object", "include": [...], "prompt": "a photo of a bench"}')
-        rows.append(row)
+    from .prompts import read_jsonl_prompts
+
+    rows = read_jsonl_prompts(path, "--metadata", "pass GenEval's prompts/evaluation_metadata.jsonl, whose lines look "
+                              'like {"tag": "single_object", "include": [...], "prompt": "a photo of a bench"}')
     if not rows:
         raise ValueError(f"{path} holds no metadata lines")
     return rows

@@ -49,19 +49,26 @@ def read_prompt_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts {path}: no such file; pass a .txt/.jsonl file or `shapes`")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    if path.suffix.lower() != ".jsonl":
-        return [line for line in lines if line]
-    texts = []
-    for k, line in enumerate(lines, 1):
-        if not line:
+    if path.suffix.lower() == ".jsonl":
+        return [row["prompt"] for row in read_jsonl_prompts(path, "--prompts", 'write one {"prompt": ...} per line')]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_jsonl_prompts(path: str | Path, option: str, hint: str) -> list[dict]:
+    """The JSON objects of a .jsonl file, each with a "prompt" string (blank lines skipped). `option`
+    names the command-line flag that gave the file, `hint` says what a good line looks like."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path}: no such file; {hint}")
+    rows = []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); "
-                             "write one {\"prompt\": ...} per line") from None
+            raise ValueError(f"{path} line {k} is not JSON ({err.msg}); {hint}") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{path} line {k} has no \"prompt\" string; write one {{\"prompt\": ...}} per line")
-        texts.append(row["prompt"])
-    return texts
+            raise ValueError(f"{path} line {k} has no \"prompt\" string; {hint}")
+        rows.append(row)
+    return rows
