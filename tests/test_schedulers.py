@@ -36,10 +36,15 @@ class Oracle:
 
 def run(scheduler, layout, oracle, batch, seed=0, **sampling):
     st = scheduler.begin(layout, batch, generator=torch.Generator().manual_seed(seed), **sampling)
-    scheduler.step(st, oracle(torch.full((batch, 1), START), -1))
-    while not st.finished:
+    out = scheduler.step(st, oracle(torch.full((batch, 1), START), -1))
+    total = list(out.accepted)
+    while not out.finished:
         tokens = scheduler.window(st)
-        scheduler.step(st, oracle(tokens, st.window_start))
+        assert tokens.shape[1] <= max(n - st.num_cached for n in st.num_accepted) + scheduler.num_drafts
+        out = scheduler.step(st, oracle(tokens, st.window_start))
+        total = [t + a for t, a in zip(total, out.accepted)]
+        assert out.num_accepted == st.num_accepted and min(out.accepted) >= 0
+    assert st.finished and total == [layout.length] * batch  # every body token accepted exactly once
     return st
 
 
@@ -138,8 +143,10 @@ def test_config_round_trip_and_swap(tmp_path):
     j.save_pretrained(tmp_path)
     ar = LuminaMGPTARScheduler.from_pretrained(tmp_path)
     assert ar.config.image_top_k == 100
+    # AR takes only what AR uses; diffusers carries Jacobi's keys through its config, so a swap back keeps them
+    assert "num_drafts" not in LuminaMGPTARScheduler().config and ar.num_drafts == 0
     back = LuminaMGPTJacobiScheduler.from_config(ar.config)
-    assert back.config.num_drafts == 8 and back.config.draft_init == "spatial"
+    assert back.num_drafts == 8 and back.config.draft_init == "spatial" and back.config.image_top_k == 100
     with pytest.raises(ValueError, match="draft_init"):
         LuminaMGPTJacobiScheduler(draft_init="zigzag")
     with pytest.raises(ValueError, match="num_drafts"):

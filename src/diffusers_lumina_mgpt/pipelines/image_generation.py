@@ -65,7 +65,7 @@ def decode_image_blocks(
     device = transformer.device if device is None else torch.device(device)
     prefix = max(len(r) for r in rows)
     L = layout.length
-    max_window = L + getattr(scheduler.config, "num_drafts", 0) + 1
+    max_window = L + scheduler.num_drafts + 1
     total = prefix + max_window
     limit = transformer.config.max_position_embeddings
     longest = prefix + L
@@ -95,18 +95,18 @@ def decode_image_blocks(
 
     try:
         state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
-        scheduler.step(state, run(ids, torch.arange(prefix), positions, keep=1))
+        out = scheduler.step(state, run(ids, torch.arange(prefix), positions, keep=1))
         step = 0
         if on_step is not None:
             on_step(step, state)
-        while not state.finished:
+        while not out.finished:
             tokens = scheduler.window(state)  # (N, T)
             T = tokens.shape[1]
             start = state.window_start
             slots = prefix + start + torch.arange(T)
             pos = lengths[:, None] + start + torch.arange(T)[None, :]
             row_tokens = torch.cat([tokens, tokens]) if use_cfg else tokens
-            scheduler.step(state, run(row_tokens, slots, pos, keep=0))
+            out = scheduler.step(state, run(row_tokens, slots, pos, keep=0))
             step += 1
             if on_step is not None:
                 on_step(step, state)

@@ -32,12 +32,7 @@ class LuminaMGPTARScheduler(ImageDecodingMixin, SchedulerMixin, ConfigMixin):
         text_top_k: int | None = 5,
         temperature: float = 1.0,
         top_p: float | None = None,
-        num_drafts: int = 16,
-        draft_init: str = "random",
     ):
-        # num_drafts and draft_init are kept so that `from_config` between AR and Jacobi round-trips;
-        # the AR scheduler never drafts.
+        # `from_config(jacobi.config)` drops the Jacobi-only keys (num_drafts, draft_init) silently:
+        # diffusers ignores the init keys of compatible classes.
         pass
-
-    def _num_drafts(self) -> int:
-        return 0

@@ -7,12 +7,13 @@ EOI last); every other position is a VQ code drawn from the guided distribution 
 The protocol between a pipeline and a scheduler, one image batch at a time:
 
     state = scheduler.begin(layout, batch_size, generator)
-    scheduler.step(state, prefill_logits)          # (B, 1, C): predicts body position 0
-    while not state.finished:
+    out = scheduler.step(state, prefill_logits)    # (B, 1, C): predicts body position 0
+    while not out.finished:
         tokens = scheduler.window(state)           # (B, T) token ids for body positions
-                                                   # [state.num_cached, state.num_cached + T)
+                                                   # [state.num_cached, state.num_cached + T),
+                                                   # T <= pending tokens + scheduler.num_drafts
         logits = ...transformer on tokens...       # (B, T, C) guided code logits
-        scheduler.step(state, logits)
+        out = scheduler.step(state, logits)        # ImageDecodeStepOutput
 
 `logits[:, j]` is the distribution of body position `window_start + 1 + j`. Rows of a batch share the
 cache slots, so `num_cached` is the prefix that is final and cached for every row; tokens a row
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+
+from diffusers.utils import BaseOutput
 
 from .sampling import RowRandom, logits_to_probs, sample_with_uniform
 
@@ -110,8 +113,18 @@ class ImageDecodeState:
         return self.body.shape[0]
 
 
+@dataclass
+class ImageDecodeStepOutput(BaseOutput):
+    """What one `step` did: per row, how many body tokens are final (`num_accepted`) and how many of
+    them this step accepted (`accepted`, forced tokens included); `finished` when every row is done."""
+
+    num_accepted: list[int]
+    accepted: list[int]
+    finished: bool
+
+
 class ImageDecodingMixin:
-    """Shared engine of the AR and Jacobi schedulers; subclasses set `num_drafts` and `draft_init`."""
+    """Shared engine of the AR and Jacobi schedulers; the Jacobi scheduler drafts (`num_drafts`, `draft_init`)."""
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:
@@ -121,7 +134,10 @@ class ImageDecodingMixin:
         names = dict.fromkeys([cls.__name__, *getattr(cls, "_compatibles", [])])
         return [getattr(diffusers_lumina_mgpt, n) for n in names if hasattr(diffusers_lumina_mgpt, n)]
 
-    def _num_drafts(self) -> int:
+    @property
+    def num_drafts(self) -> int:
+        """Draft tokens a window adds after the pending ones (0: plain AR). A window holds at most
+        `pending + num_drafts` tokens, so a pipeline sizes its cache from this."""
         return 0
 
     def _draft_init(self) -> str:
@@ -150,9 +166,10 @@ class ImageDecodingMixin:
         return ImageDecodeState(layout, body, [0] * batch_size, RowRandom(generator, batch_size), sampling)
 
     # ----------------------------------------------------------------------------------------
-    def step(self, state: ImageDecodeState, logits: torch.Tensor) -> None:
+    def step(self, state: ImageDecodeState, logits: torch.Tensor) -> ImageDecodeStepOutput:
         """Consume guided code logits (B, T, C) of the last forward and accept tokens."""
         lay = state.layout
+        before = list(state.num_accepted)
         B, T, _ = logits.shape
         probs = logits_to_probs(logits, **state.sampling).cpu()  # (B, T, C)
         first = state.window_start + 1  # body position predicted by logits[:, 0]
@@ -195,6 +212,8 @@ class ImageDecodingMixin:
                 p += 1
             state.num_accepted[b] = p
         self._advance_cache(state, probs, first)
+        return ImageDecodeStepOutput(list(state.num_accepted), [n - m for n, m in zip(state.num_accepted, before)],
+                                     state.finished)
 
     def _proposal(self, state: ImageDecodeState, b: int, w: int, kind: int) -> torch.Tensor:
         C = state.layout.num_codes
@@ -231,12 +250,12 @@ class ImageDecodingMixin:
         lay = state.layout
         start = state.num_cached
         pending = max(n - start for n in state.num_accepted)
-        T = max(1, min(pending + self._num_drafts(), lay.length - start))
+        T = max(1, min(pending + self.num_drafts, lay.length - start))
         B, C = state.batch_size, lay.num_codes
         tokens = torch.full((B, T), lay.eoi_id, dtype=torch.long)
         kind = torch.full((B, T), _FINAL, dtype=torch.long)
         codes = torch.full((B, T), -1, dtype=torch.long)
-        probs = torch.zeros(B, T, C) if self._num_drafts() else None
+        probs = torch.zeros(B, T, C) if self.num_drafts else None
         last_probs, last_first = state.last_probs, state.last_first
         draws = state.random.uniform(T)
         spatial = self._draft_init() == "spatial"

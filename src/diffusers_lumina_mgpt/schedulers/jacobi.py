@@ -47,7 +47,8 @@ class LuminaMGPTJacobiScheduler(ImageDecodingMixin, SchedulerMixin, ConfigMixin)
         if draft_init not in DRAFT_INITS:
             raise ValueError(f"draft_init must be one of {DRAFT_INITS}, got {draft_init!r}")
 
-    def _num_drafts(self) -> int:
+    @property
+    def num_drafts(self) -> int:
         return self.config.num_drafts
 
     def _draft_init(self) -> str:
