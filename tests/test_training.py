@@ -188,6 +188,10 @@ def test_mixture_counts_and_batches_are_a_function_of_step(tiny_base, tmp_path):
     assert sorted(len(r.ids) for m in r0 + r1 for r in m) == sorted(len(r.ids) for m in one for r in m)
     ids, labels = collate(one[0], pad_id=0)
     assert ids.shape == labels.shape and (labels[ids == 0] == IGNORE_INDEX).all()
+    assert ids.shape[1] == max(len(r.ids) for r in one[0])
+    padded, padded_labels = collate(one[0], pad_id=0, pad_to_multiple_of=64)
+    assert padded.shape[1] % 64 == 0 and torch.equal(padded[:, :ids.shape[1]], ids)
+    assert (padded_labels[:, ids.shape[1]:] == IGNORE_INDEX).all() and (padded[:, ids.shape[1]:] == 0).all()
 
 
 def test_learning_rate_schedule_per_stage():
@@ -350,6 +354,8 @@ def test_example_configs_are_valid():
         config = load_train_config(EXAMPLES / "shapesworld" / name)
         assert [s["size"] for s in config["stages"]] == sorted(s["size"] for s in config["stages"])  # FP-SFT: low -> high
         load_vq_config(Path(config["_config_dir"]) / config["vq_recipe"])
+    more = load_train_config(EXAMPLES / "shapesworld" / "default-continue.yaml", ["model.pretrained=/a/pipeline"])
+    assert more["model"]["pretrained"] == "/a/pipeline" and more["stages"][0]["size"] == 64
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n

@@ -85,7 +85,7 @@ def conditioning(pipe, n: int, seed: int) -> dict:
     64x64 image blocks after their own caption, after another record's caption, and after the image
     header alone. A model that follows prompts has right << none < wrong; this moves long before the
     scorer does, so it tracks prompt-following early in training."""
-    from diffusers_lumina_mgpt.pipelines.chat import encode_images
+    from diffusers_lumina_mgpt.pipelines.chat_images import encode_images
     from diffusers_lumina_mgpt.shapes.tasks import make_records
 
     records = [r for r in make_records("t2i", 8 * n, seed=seed + 99) if r.images[0].size == (64, 64)][:n]

@@ -21,8 +21,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-
-from .chat import IMAGE_PLACEHOLDER, ChatHistory, LuminaMGPTChatMixin, as_history, block_size, encode_images
+from ..vocab import IMAGE_PLACEHOLDER
+from .chat import LuminaMGPTChatMixin
+from .chat_history import ChatHistory, as_history
+from .chat_images import block_size, encode_images
 from .tasks import NO_EDIT_INSTRUCTION, task_message
 from .text_to_image import LuminaMGPTPipeline, LuminaMGPTPipelineOutput
 

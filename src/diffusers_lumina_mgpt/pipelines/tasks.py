@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from ..vocab import IMAGE_PLACEHOLDER
 
-
 # Lumina-mGPT Omni-SFT has no fixed no-edit instruction; the paper only notes that an image given
 # with an instruction not to change it comes back with less VQ noise. This wording is the first of
 # `shapes.language.NOEDIT_INSTRUCTIONS`, the instructions this project trains the no-edit task with.

@@ -161,9 +161,14 @@ class MixtureBatches:
         return chunks[rank::world], supervised
 
 
-def collate(rows: list[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) input ids and labels (-100 on padding); causal attention needs no mask."""
+def collate(rows: list[Row], pad_id: int, pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) input ids and labels (-100 on padding); causal attention needs no mask.
+
+    T is rounded up to a multiple of `pad_to_multiple_of`: on CPU every new sequence length costs
+    memory that is never given back (a 5.9M-parameter model in bf16 grew to 7 GB of RSS and 1.6x
+    slower steps within minutes on ShapesWorld's lengths), and a few fixed lengths keep it flat."""
     length = max(len(r.ids) for r in rows)
+    length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
     for i, r in enumerate(rows):

@@ -49,7 +49,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "batch_size": 32, "micro_batch_size": 16, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.02,
         "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "mixed_precision": "no",
         "gradient_checkpointing": False, "prompt_dropout": 0.1, "checkpoint_every": 200, "keep_checkpoints": 2,
-        "threads": None,
+        "threads": None, "pad_to_multiple_of": 64,
     },
     "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?}]}]
 }
@@ -63,7 +63,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> dic
 
 
 def check_config(config: dict[str, Any]) -> None:
-    positive(config, "train.batch_size", "train.micro_batch_size", "train.lr", "train.checkpoint_every")
+    positive(config, "train.batch_size", "train.micro_batch_size", "train.lr", "train.checkpoint_every",
+             "train.pad_to_multiple_of")
     tr = config["train"]
     if tr["batch_size"] % tr["micro_batch_size"]:
         raise ValueError(f"train.batch_size ({tr['batch_size']}) must be a multiple of train.micro_batch_size "
@@ -268,7 +269,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
             before = json.loads(saved.read_text())
             if _resume_key(before) != _resume_key(clean):
                 raise ValueError(f"{run} holds a run with another config; resume it with the same config, or use a new "
-                                 "--output-dir (only train.checkpoint_every / keep_checkpoints / threads may change)")
+                                 "--output-dir (only train.checkpoint_every / keep_checkpoints / threads / pad_to_multiple_of may change)")
         saved.write_text(json.dumps(clean, indent=1))
     # 1. base components and data (main process; the others wait for them)
     if main:
@@ -327,7 +328,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
             loss_sum = torch.zeros((), device=accelerator.device)
             tokens = torch.zeros((), device=accelerator.device)
             for k, rows in enumerate(micro):
-                ids, labels = collate(rows, vocab.pad_id)
+                ids, labels = collate(rows, vocab.pad_id, int(tr["pad_to_multiple_of"]))
                 ids, labels = ids.to(accelerator.device), labels.to(accelerator.device)
                 sync = k == len(micro) - 1
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
@@ -386,7 +387,7 @@ def _tensorboard(run: Path):
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     c = copy.deepcopy(config)
-    for key in ("checkpoint_every", "keep_checkpoints", "threads"):
+    for key in ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of"):
         c.get("train", {}).pop(key, None)
     c.get("data", {}).pop("num_proc", None)
     return c
