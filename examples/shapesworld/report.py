@@ -114,7 +114,7 @@ def sweep(model: str, n: int, seed: int, batch: int) -> list[dict]:
 
     rows = []
     for guidance in (1.5, 3.0, 5.0):
-        for top_k in (None, 100, 10):
+        for top_k in (None, 10, 3):
             kwargs = {"guidance_scale": guidance, **({"image_top_k": top_k} if top_k else {})}
             res = evaluate_shapes(model, n=n, seed=seed + 100, size=(64, 64), call_kwargs=kwargs, progress=False,
                                   batch_size=batch)
