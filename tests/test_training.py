@@ -310,6 +310,8 @@ def test_train_vq_learns_resumes_and_reports(tmp_path):
     shutil.rmtree(tmp_path / "b" / "vqvae")
     (tmp_path / "b" / "vq_eval.json").unlink()
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-40")
+    with pytest.raises(ValueError, match="pixel_norm"):  # other model settings: refused, nothing trained
+        train_vq(load_vq_config(None, [*overrides, "model.pixel_norm=false"]), tmp_path / "b", progress=False)
     resumed = train_vq(load_vq_config(None, overrides), tmp_path / "b", progress=False)
     assert [r["loss"] for r in read_metrics(tmp_path / "b")] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert resumed == whole

@@ -7,9 +7,10 @@ with (0, 1, 0, 1) padding, nearest x2 upsampling) computes exactly that once the
 renamed (`vq_convert.py`); the parity tests check it against transformers' `ChameleonVQVAE`
 encoder and taming's `Decoder`.
 
-`ChameleonVQModel` is `VQModel` plus one config field, `has_decoder`: transformers' Chameleon
+`ChameleonVQModel` is `VQModel` plus two config fields: `has_decoder` (transformers' Chameleon
 checkpoints carry only the encoder half (`model.vqmodel.*`), and a model converted from them must
-say so in its saved config instead of carrying a randomly initialised decoder. Everything else
+say so in its saved config instead of carrying a randomly initialised decoder) and `pixel_norm`
+(per-pixel normalisation for tokenizers trained here, so a code depends only on nearby pixels). Everything else
 (downsample factor, channels, codebook size) is plain `VQModel` config, so small tokenizers
 (downsample 8, 512 codes) are the same class.
 
@@ -59,7 +60,7 @@ class ChameleonVQModel(VQModel):
     r"""
     diffusers `VQModel` holding Chameleon's VQGAN, optionally without its decoder.
 
-    All arguments except `has_decoder` are `VQModel`'s. Chameleon's 16x tokenizer is
+    All arguments except `has_decoder` and `pixel_norm` are `VQModel`'s. Chameleon's 16x tokenizer is
     `block_out_channels=(128, 128, 256, 256, 512)`, `layers_per_block=2`, `latent_channels=256`,
     `vq_embed_dim=256`, `num_vq_embeddings=8192`; build one from Meta's files with
     `vq_convert.load_meta_vqgan`.

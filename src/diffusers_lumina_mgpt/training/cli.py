@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_train)
 
-    vq = subparsers.add_parser("train-vq", help="train a small VQ image tokenizer (diffusers VQModel)",
+    vq = subparsers.add_parser("train-vq", help="train a small VQ image tokenizer (ChameleonVQModel: diffusers VQModel with PixelNorm)",
                                formatter_class=fmt,
                                epilog="example: lumina-mgpt train-vq examples/shapesworld/vq.yaml --output-dir runs/vq")
     vq.add_argument("config", nargs="?", help="YAML config (default: the built-in ShapesWorld settings)")

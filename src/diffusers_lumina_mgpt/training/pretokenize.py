@@ -46,13 +46,12 @@ def load_components(model_dir: str | Path):
 
 
 def load_vqvae(folder: str | Path):
-    from diffusers import VQModel
-
+    """A VQ folder as `ChameleonVQModel`, whether it was saved as that or as a plain diffusers `VQModel`
+    (a superset: a plain folder loads the same). Plain `VQModel.from_pretrained` would ignore
+    `pixel_norm` with only a logged warning and build GroupNorm layers around the PixelNorm weights."""
     from ..vq import ChameleonVQModel
 
-    name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name")
-    cls = ChameleonVQModel if name == "ChameleonVQModel" else VQModel
-    return cls.from_pretrained(str(folder)).eval()
+    return ChameleonVQModel.from_pretrained(str(folder)).eval()
 
 
 class Tokenizing:

@@ -63,9 +63,10 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> dic
 
 
 def check_config(config: dict[str, Any]) -> None:
-    positive(config, "train.batch_size", "train.micro_batch_size", "train.lr", "train.checkpoint_every",
-             "train.pad_to_multiple_of")
+    positive(config, "train.batch_size", "train.micro_batch_size", "train.lr", "train.checkpoint_every")
     tr = config["train"]
+    if not isinstance(tr["pad_to_multiple_of"], int) or tr["pad_to_multiple_of"] < 1:
+        raise ValueError(f"train.pad_to_multiple_of must be an integer >= 1 (1: no padding), got {tr['pad_to_multiple_of']!r}")
     if tr["batch_size"] % tr["micro_batch_size"]:
         raise ValueError(f"train.batch_size ({tr['batch_size']}) must be a multiple of train.micro_batch_size "
                          f"({tr['micro_batch_size']})")

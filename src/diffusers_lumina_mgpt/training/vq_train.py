@@ -1,4 +1,5 @@
-"""`lumina-mgpt train-vq`: train a small diffusers `VQModel` image tokenizer (e.g. for ShapesWorld).
+"""`lumina-mgpt train-vq`: train a small VQ image tokenizer (a `ChameleonVQModel`, i.e. a diffusers
+`VQModel` with PixelNorm; load it with `ChameleonVQModel.from_pretrained`), e.g. for ShapesWorld.
 
 Losses: reconstruction (L1 + MSE on pixels in [-1, 1]), codebook (|sg(z) - e|^2) and commitment
 (beta |z - sg(e)|^2) with a straight-through estimator; the codebook starts on encoder outputs of a
@@ -7,7 +8,9 @@ current batch (dead-code restart). Training crops are
 `crop` x `crop` squares from a fixed pool of images (ShapesWorld renders of every kind the Omni tasks
 need: scenes, degraded scenes, segmentation and depth maps, at native and reduced resolution, or
 an image folder). Checkpoints, resume and metrics.jsonl follow the same rules as `train`
-(see checkpoints.py), in one process (a VQ of this size trains in minutes on a CPU). The result is `DIR/vqvae/`, a `VQModel` folder the pipelines load as `vqvae`,
+(see checkpoints.py), in one process (a VQ of this size trains in minutes on a CPU); a checkpoint records
+the model settings, and resuming with other ones is refused. The result is `DIR/vqvae/`, a
+`ChameleonVQModel` folder the pipelines load as `vqvae`,
 and `DIR/vq_eval.json` with held-out reconstruction PSNR and codebook usage.
 """
 
@@ -282,8 +285,14 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
     start = 0
     resume = latest_checkpoint(out)
     if resume is not None:
-        load_plain_state(resume, vqvae, optimizer, schedule)
         state = read_state(resume)
+        saved_model = state.get("model", {**config["model"], "pixel_norm": False})  # older checkpoints: GroupNorm
+        if saved_model != config["model"]:
+            changed = sorted(k for k in {*saved_model, *config["model"]} if saved_model.get(k) != config["model"].get(k))
+            raise ValueError(f"{resume} was trained with other model settings ({', '.join(changed)}: "
+                             f"{ {k: saved_model.get(k) for k in changed} }); resume with those settings "
+                             "(e.g. --set model.pixel_norm=false) or use a new --output-dir")
+        load_plain_state(resume, vqvae, optimizer, schedule)
         start = int(state["step"])
         usage = torch.tensor(state["usage"])
     else:  # data-dependent codebook init: every code starts on an encoder output of a first batch
@@ -312,7 +321,7 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
         metrics.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", rec=f"{parts['recon']:.4f}")
         if (step + 1) % int(tr["checkpoint_every"]) == 0 or step + 1 == steps:
-            save_checkpoint(out, step + 1, {"stage": "vq", "usage": usage.tolist()},
+            save_checkpoint(out, step + 1, {"stage": "vq", "usage": usage.tolist(), "model": config["model"]},
                             lambda tmp: save_plain_state(tmp, vqvae, optimizer, schedule), keep=int(tr["keep_checkpoints"]))
     model = vqvae.eval()
     report = evaluate_vq(model, eval_images)
