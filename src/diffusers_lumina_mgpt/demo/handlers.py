@@ -23,42 +23,15 @@ from typing import Any
 import torch
 from PIL.PngImagePlugin import PngInfo
 
-from ..pipelines import (
-    OMNI_TASKS,
-    ChatHistory,
-    LuminaMGPTEditPipeline,
-    LuminaMGPTPipeline,
-)
+from ..pipelines import OMNI_TASKS, ChatHistory, LuminaMGPTEditPipeline, LuminaMGPTPipeline
 from ..schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 from ..vocab import IMAGE_PLACEHOLDER
 from .limits import (
-    CHAT_MAX_NEW_TOKENS,
-    EDIT_GUIDANCE,
-    EDIT_IMAGE_TOP_K,
-    GUIDANCE_RANGE,
-    IMAGE_TOP_K_RANGE,
-    MAX_CHAT_IMAGES,
-    MAX_IMAGES,
-    MAX_NEW_TOKENS_RANGE,
-    MAX_TURNS,
-    SEED_RANGE,
-    T2I_GUIDANCE,
-    T2I_IMAGE_TOP_K,
-    TEMPERATURE_RANGE,
-    TEXT_TOP_K_RANGE,
-    allowed_sizes,
-    clamp,
-    clamp_int,
-    clean_text,
-    parse_size,
-    size_label,
+    CHAT_MAX_NEW_TOKENS, EDIT_GUIDANCE, EDIT_IMAGE_TOP_K, GUIDANCE_RANGE, IMAGE_TOP_K_RANGE, MAX_CHAT_IMAGES,
+    MAX_IMAGES, MAX_NEW_TOKENS_RANGE, MAX_TURNS, SEED_RANGE, T2I_GUIDANCE, T2I_IMAGE_TOP_K, TEMPERATURE_RANGE,
+    TEXT_TOP_K_RANGE, allowed_sizes, clamp, clamp_int, clean_text, parse_size, size_label,
 )
-from .preview import (
-    GenerationCancelled,
-    finished_rows,
-    partial_images,
-    stream_from_worker,
-)
+from .preview import GenerationCancelled, finished_rows, partial_images, stream_from_worker
 
 PNG_METADATA_KEY = "lumina-mgpt"  # as `lumina-mgpt generate` writes it
 SCHEDULERS = ("AR", "Jacobi")

@@ -20,12 +20,7 @@ from ..schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 from ..schedulers.image_decoding import ImageDecodingMixin, ImageLayout
 from ..transformer import LuminaMGPTTransformer
 from ..vocab import LuminaVocab
-from ..vq import (
-    ChameleonVQModel,
-    check_can_decode,
-    vq_decode_codes,
-    vq_downsample_factor,
-)
+from ..vq import ChameleonVQModel, check_can_decode, vq_decode_codes, vq_downsample_factor
 from .image_generation import decode_image_blocks
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "latent")

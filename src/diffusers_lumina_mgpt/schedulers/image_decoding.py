@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-
 from diffusers.utils import BaseOutput
 
 from .sampling import RowRandom, logits_to_probs, sample_with_uniform

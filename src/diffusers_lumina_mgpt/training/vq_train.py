@@ -58,7 +58,7 @@ def vq_model_from_config(model: dict[str, Any]):
         layers_per_block=model["layers_per_block"], latent_channels=model["latent_channels"],
         num_vq_embeddings=model["num_vq_embeddings"], vq_embed_dim=model["vq_embed_dim"],
         norm_num_groups=model["norm_num_groups"], mid_block_add_attention=False, scaling_factor=1.0, lookup_from_codebook=False,
-        pixel_norm=bool(model.get("pixel_norm", True)),
+        pixel_norm=bool(model.get("pixel_norm", VQ_DEFAULTS["model"]["pixel_norm"])),
     )
 
 
@@ -190,10 +190,11 @@ def evaluate_vq(vqvae, images: list[Image.Image]) -> dict[str, float]:
     flat: dict[tuple[int, ...], list[int]] = {}
     for im in images:
         pixels, codes, recon = round_trip(vqvae, im)
+        original = to_uint8(pixels)
         counts += torch.bincount(codes.flatten(), minlength=counts.numel()).float()
-        mse = float(((to_uint8(pixels) - to_uint8(recon)) ** 2).mean())
+        mse = float(((original - to_uint8(recon)) ** 2).mean())
         psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
-        for colour, code in flat_patch_codes(to_uint8(pixels)[0], codes[0]):
+        for colour, code in flat_patch_codes(original[0], codes[0]):
             flat.setdefault(colour, []).append(code)
     p = counts / counts.sum()
     perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
