@@ -50,8 +50,9 @@ class StaticKVCache:
         batch = key.shape[0]
         k_cache = self.keys[layer]
         v_cache = self.values[layer]
-        if key.shape[2] == 1:
-            # one-token decode: a plain indexed copy is cheaper than index_copy_'s generic path
+        if key.shape[2] == 1 and not torch.compiler.is_compiling():
+            # one-token eager decode: a plain indexed copy is cheaper than index_copy_'s generic path
+            # (a compiled step keeps index_copy_: indexing by a tensor slot would read it on the host)
             slot = cache_position[0]
             k_cache[:batch, :, slot] = key[:, :, 0].to(self.dtype)
             v_cache[:batch, :, slot] = value[:, :, 0].to(self.dtype)

@@ -79,6 +79,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def _fused_usable(first: torch.Tensor, fused: torch.Tensor) -> bool:
+    """Whether a fused projection still holds the layer's weights (inference only). A compiled forward
+    uses the separate projections: the data-pointer check cannot be traced, and the launches that
+    fusion saves are what compilation removes anyway."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    return first.data_ptr() == fused.data_ptr()
+
+
 class Linear(nn.Linear):
     """`nn.Linear` (same parameters and state-dict keys) with the fast small-batch CPU path of `linear`."""
 
@@ -141,7 +150,7 @@ class Attention(nn.Module):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fused = self.fused_weight
-        if fused is not None and not torch.is_grad_enabled() and self.q_proj.weight.data_ptr() == fused.data_ptr():
+        if fused is not None and _fused_usable(self.q_proj.weight, fused):
             qkv = linear(x, fused, self.fused_bias)
             dq, dk = self.q_proj.out_features, self.k_proj.out_features
             return qkv[..., :dq], qkv[..., dq : dq + dk], qkv[..., dq + dk :]
@@ -201,7 +210,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self.fused_weight
-        if fused is not None and not torch.is_grad_enabled() and self.gate_proj.weight.data_ptr() == fused.data_ptr():
+        if fused is not None and _fused_usable(self.gate_proj.weight, fused):
             gate, up = linear(x, fused, self.fused_bias).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)

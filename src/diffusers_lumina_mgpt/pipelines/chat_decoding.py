@@ -167,7 +167,7 @@ class TurnDecoder:
                     tr, pipe.scheduler, [torch.tensor(ctx + header)], [torch.tensor(header)] if guided else None,
                     pipe.image_layout(h_lat, w_lat), s.guidance_scale, pad_id=v.pad_id, generator=self.generator,
                     sampling={"image_top_k": image_top_k, "temperature": self._temperature, "top_p": s.top_p},
-                    device=pipe._execution_device,
+                    device=pipe._execution_device, decoder=pipe.compiled_decoder,
                 )
                 self.num_forward_passes += result.num_forwards
                 block = header + result.body[0].tolist()

@@ -1,0 +1,173 @@
+"""Compiled decoding: a static-shape decode forward for `torch.compile` (opt-in, `pipe.enable_compiled_decoding()`).
+
+The eager cached forward attends to cache slots `[0, kv_len)`, with `kv_len` read from `cache_position`:
+one host sync and one new set of shapes every step. `static_decode_forward` attends to every slot of
+the cache and hides the later ones with the mask (`kv_cache.cached_attention_mask` with the full
+length), so all steps of one (rows, window) shape have the same shapes and no host sync. `torch.compile`
+turns such a step into one graph; with `mode="reduce-overhead"` on CUDA each step is a CUDA graph
+replay, so a step costs its weight reads, not the launch of several hundred kernels.
+
+Shapes are kept few:
+
+* **Windows** are padded to a power of two (Jacobi windows vary in length); padded positions repeat
+  the last real token and write their keys/values to one scratch slot past every real slot, which no
+  real query can see (a query sees slots at or before its own).
+* **The cache** belongs to the `CompiledDecoder`, not to one call: its length is rounded up to a
+  multiple of `seq_multiple`, and it is reused by later calls with the same rows that fit in it, so a
+  new prompt of similar length compiles nothing. Stale keys/values in a reused cache are invisible
+  (prefill rewrites every prompt slot; later slots are hidden until rewritten).
+
+The eager path stays the reference: `tests/test_compiled_decoding.py` compares both token for token.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+
+from .kv_cache import StaticKVCache, cached_attention_mask
+from .transformer import LuminaMGPTTransformer, linear
+
+# distinct (rows, window, cache length) graphs one decoder may compile before dynamo falls back to eager
+RECOMPILE_LIMIT = 64
+
+
+def static_decode_forward(
+    transformer: LuminaMGPTTransformer,
+    cache: StaticKVCache,
+    input_ids: torch.Tensor,  # (R, T)
+    position_ids: torch.Tensor,  # (R, T)
+    cache_position: torch.Tensor,  # (T,)
+    kv_mask: torch.Tensor,  # (R, max_seq_len) bool
+    lm_rows: torch.Tensor,  # (K, hidden) lm_head rows of the tokens whose logits are wanted
+) -> torch.Tensor:
+    """Logits (R, T, K) float32 of a cached forward over the whole cache; the same numbers as the eager
+    `transformer(input_ids, position_ids=..., cache_position=..., kv_mask=..., logits_token_ids=...)`."""
+    rows = input_ids.shape[0]
+    kv_len = cache.max_seq_len
+    x = transformer.model.embed_tokens(input_ids)
+    mask = cached_attention_mask(cache_position, kv_len, rows, kv_mask)
+    cos, sin = transformer._rope(position_ids, x.dtype)
+    for layer in transformer.model.layers:
+        x = layer(x, cos, sin, mask, False, cache, cache_position, kv_len)
+    x = transformer.model.norm(x)
+    return linear(x, lm_rows).float()
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(n)))
+
+
+class CompiledDecoder:
+    """Runs image-decoding forwards through a compiled `static_decode_forward` and owns their KV cache.
+
+    mode: `torch.compile` mode; None picks "reduce-overhead" (CUDA graphs) on CUDA and the default on CPU.
+    backend: `torch.compile` backend ("inductor"; "eager" checks the static path without compiling).
+    seq_multiple: cache lengths are rounded up to a multiple of this.
+    """
+
+    def __init__(self, mode: str | None = None, backend: str = "inductor", fullgraph: bool = True,
+                 seq_multiple: int = 256) -> None:
+        if seq_multiple < 1:
+            raise ValueError(f"seq_multiple must be >= 1, got {seq_multiple}")
+        self.mode, self.backend, self.fullgraph, self.seq_multiple = mode, backend, fullgraph, seq_multiple
+        self.cache: StaticKVCache | None = None
+        self._compiled: dict[str, object] = {}  # device type -> compiled function
+        self._lm_rows: tuple | None = None  # (token ids, weight version, rows): one static tensor per vocabulary subset
+        self.num_compiled_calls = 0
+
+    def __repr__(self) -> str:
+        return f"CompiledDecoder(mode={self.mode!r}, backend={self.backend!r}, seq_multiple={self.seq_multiple})"
+
+    def _mode(self, device: torch.device) -> str | None:
+        if self.mode is not None:
+            return self.mode
+        return "reduce-overhead" if device.type == "cuda" and self.backend == "inductor" else None
+
+    def _function(self, device: torch.device):
+        fn = self._compiled.get(device.type)
+        if fn is None:
+            fn = self._compiled[device.type] = torch.compile(
+                static_decode_forward, mode=self._mode(device), backend=self.backend, fullgraph=self.fullgraph,
+                dynamic=False,
+            )
+        return fn
+
+    # ------------------------------------------------------------------ cache
+    def attach_cache(self, transformer: LuminaMGPTTransformer, rows: int, seq_len: int, device: torch.device) -> int:
+        """Give `transformer` a cache for `rows` rows and at least `seq_len` real slots (plus the scratch
+        slot), reusing the last one when it fits; returns the scratch slot."""
+        dtype = transformer.lm_head.weight.dtype
+        need = seq_len + 1
+        c = self.cache
+        fits = (c is not None and c.max_batch_size == rows and need <= c.max_seq_len <= 2 * need + self.seq_multiple
+                and c.dtype == dtype and c.device == device and c.keys and len(c.keys) == transformer.config.num_hidden_layers
+                and c.keys[0].shape[1] == transformer.model.layers[0].self_attn.num_kv_heads
+                and c.keys[0].shape[3] == transformer.head_dim)
+        if not fits:
+            self.cache = None  # free the old one first
+            length = -(-need // self.seq_multiple) * self.seq_multiple
+            transformer.setup_cache(rows, length, dtype=dtype, device=device)
+            self.cache = transformer.kv_cache
+            if self._mode(device) == "reduce-overhead":
+                for t in self.cache.keys + self.cache.values:
+                    torch._dynamo.mark_static_address(t)  # CUDA graphs write it in place
+        transformer.kv_cache = self.cache
+        return self.cache.max_seq_len - 1
+
+    def _lm_head_rows(self, transformer: LuminaMGPTTransformer, token_ids: torch.Tensor, graphs: bool) -> torch.Tensor:
+        """The lm_head rows of `token_ids`, kept at one address while ids and weights are unchanged (a CUDA
+        graph copies any other input into its own buffer on every replay: 64 MB per 7B step for these)."""
+        weight = transformer.lm_head.weight
+        version = (weight.data_ptr(), weight._version, weight.dtype)
+        kept = self._lm_rows
+        if kept is None or kept[1] != version or not torch.equal(kept[0], token_ids.to(kept[0].device)):
+            ids = token_ids.to(weight.device)
+            rows = weight.index_select(0, ids)
+            if graphs:
+                torch._dynamo.mark_static_address(rows)
+            self._lm_rows = kept = (ids.clone(), version, rows)
+        return kept[2]
+
+    def release(self) -> None:
+        """Free the cache and the kept lm_head rows (the next call allocates them again and compiles for them)."""
+        self.cache = None
+        self._lm_rows = None
+
+    # ------------------------------------------------------------------ forward
+    def __call__(
+        self,
+        transformer: LuminaMGPTTransformer,
+        tokens: torch.Tensor,  # (R, T) on the device
+        position_ids: torch.Tensor,  # (R, T)
+        cache_position: torch.Tensor,  # (T,)
+        kv_mask: torch.Tensor,  # (R, cache length)
+        token_ids: torch.Tensor,  # (K,)
+        min_window: int = 1,
+    ) -> torch.Tensor:
+        """Logits (R, T, K) of one cached window, computed at the power of two >= max(T, min_window).
+
+        A scheduler's windows are mostly of one size (AR: 1 or 2 tokens, Jacobi: the drafts plus the
+        pending tokens), so passing that size as `min_window` leaves one graph to compile per scheduler.
+        """
+        if transformer.kv_cache is not self.cache or self.cache is None:
+            raise RuntimeError("CompiledDecoder.attach_cache(...) must give the transformer its cache first.")
+        rows, T = tokens.shape
+        padded = _bucket(max(T, min_window))
+        if padded != T:
+            extra = padded - T
+            tokens = torch.cat([tokens, tokens[:, -1:].expand(rows, extra)], dim=1)
+            position_ids = torch.cat([position_ids, position_ids[:, -1:].expand(rows, extra)], dim=1)
+            scratch = cache_position.new_full((extra,), self.cache.max_seq_len - 1)
+            cache_position = torch.cat([cache_position, scratch])
+        device = tokens.device
+        lm_rows = self._lm_head_rows(transformer, token_ids, graphs=self._mode(tokens.device) == "reduce-overhead")
+        fn = self._function(device)
+        graphs = self._mode(device) == "reduce-overhead"
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            logits = fn(transformer, self.cache, tokens, position_ids, cache_position, kv_mask, lm_rows)
+        self.num_compiled_calls += 1
+        logits = logits[:, :T]
+        return logits.clone() if graphs else logits  # a CUDA graph's output is overwritten by its next replay

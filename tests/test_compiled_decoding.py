@@ -1,0 +1,144 @@
+"""Compiled decoding (`pipe.enable_compiled_decoding()`): the static forward equals the eager one, and
+compiled pipelines give eager's tokens (Lumina-mGPT's own, for the shared fixture) for both schedulers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_lumina_mgpt.compiled_decoding import CompiledDecoder, static_decode_forward
+from diffusers_lumina_mgpt.pipelines import LuminaMGPTEditPipeline, LuminaMGPTPipeline
+from diffusers_lumina_mgpt.schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
+from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer
+
+from conftest import FIXTURE
+from test_chat import Recorder
+
+REFERENCE = json.loads((FIXTURE / "lumina_reference.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe_dir):
+    p = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def t2i(pipe):
+    return LuminaMGPTPipeline.from_pipe(pipe)
+
+
+def use(pipe, scheduler: str):
+    cls = LuminaMGPTJacobiScheduler if scheduler == "jacobi" else LuminaMGPTARScheduler
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_static_forward_equals_eager_cached_forward(window):
+    torch.manual_seed(0)
+    tr = LuminaMGPTTransformer(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128).eval()
+    tr.fuse_projections()  # the eager forward uses the fused matrices, the static one the separate views
+    rows, prefix, L = 2, 7, 40
+    ids = torch.randint(0, 96, (rows, prefix))
+    real = torch.ones(rows, L, dtype=torch.bool)
+    real[1, :3] = False  # the second row hides its first slots (a left-padded or unconditional row)
+    codes = torch.tensor([5, 9, 11, 40, 77])
+    logits = {}
+    with torch.inference_mode():
+        for name in ("eager", "static"):
+            tr.setup_cache(rows, L)
+            tr(ids, cache_position=torch.arange(prefix), kv_mask=real, logits_to_keep=1)
+            step = torch.randint(0, 96, (rows, window), generator=torch.Generator().manual_seed(1))
+            slots = prefix + torch.arange(window)
+            pos = slots[None].repeat(rows, 1)
+            if name == "eager":
+                logits[name] = tr(step, position_ids=pos, cache_position=slots, kv_mask=real, logits_token_ids=codes).logits
+            else:
+                logits[name] = static_decode_forward(tr, tr.kv_cache, step, pos, slots, real, tr.lm_head.weight[codes])
+            tr.delete_cache()
+    torch.testing.assert_close(logits["static"], logits["eager"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["ar", "jacobi"])
+@pytest.mark.parametrize("case", REFERENCE, ids=lambda c: f"{c['height']}x{c['width']}")
+def test_compiled_decoding_reproduces_lumina_mgpt_tokens(t2i, case, scheduler):
+    """Inductor-compiled steps give Lumina-mGPT's own greedy tokens; later calls compile nothing new."""
+    pipe = t2i
+    use(pipe, scheduler)
+    pipe.enable_compiled_decoding()
+    try:
+        kw = dict(height=case["height"], width=case["width"], guidance_scale=case["guidance_scale"],
+                  image_top_k=case["image_top_k"], output_type="tokens")
+        out = pipe(case["prompt"], **kw)
+        assert out.tokens[0, :3].tolist() == case["appended_ids"]
+        assert out.tokens[0, 3:].tolist() == case["generated_ids"]
+        decoder = pipe.compiled_decoder
+        calls, cache = decoder.num_compiled_calls, decoder.cache
+        assert calls > 0
+        frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        again = pipe(case["prompt"] + " again", **kw)  # another prompt length, the same cache and graphs
+        assert decoder.cache is cache and decoder.num_compiled_calls > calls
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_before
+        pipe.disable_compiled_decoding()
+        assert torch.equal(pipe(case["prompt"] + " again", **kw).tokens, again.tokens)
+    finally:
+        pipe.disable_compiled_decoding()
+
+
+@pytest.mark.parametrize("scheduler", ["ar", "jacobi"])
+def test_compiled_edit_and_chat_equal_eager(pipe, scheduler):
+    """Editing and an image answer in chat decode through the same compiled steps, with eager's tokens."""
+    use(pipe, scheduler)
+    image = Image.fromarray((np.random.RandomState(0).rand(50, 90, 3) * 255).astype("uint8"))
+    kw = dict(guidance_scale=3.0, image_top_k=1, output_type="tokens")
+
+    def both():
+        edit = pipe(image, "make it red", **kw).tokens
+        with Recorder(pipe, boi_at=2):  # two text tokens, then an image, then the end of the turn
+            answer = pipe.chat("Draw it.", images=[image], text_top_k=1, image_top_k=1, guidance_scale=2.0,
+                               output_type="pt")
+        return edit, answer.tokens
+
+    eager = both()
+    pipe.enable_compiled_decoding(backend="eager")  # the static path without a compiler: fast to check
+    try:
+        compiled = both()
+        assert pipe.compiled_decoder.num_compiled_calls > 0
+    finally:
+        pipe.disable_compiled_decoding()
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    assert pipe.compiled_decoder is None
+
+
+def test_decoder_needs_its_cache_and_valid_settings(pipe):
+    decoder = CompiledDecoder(backend="eager")
+    tr = pipe.transformer
+    one = torch.zeros((1, 1), dtype=torch.long)
+    with pytest.raises(RuntimeError, match="attach_cache"):
+        decoder(tr, one, one, torch.zeros(1, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool), one[0])
+    with pytest.raises(ValueError, match="seq_multiple"):
+        CompiledDecoder(seq_multiple=0)
+    scratch = decoder.attach_cache(tr, 2, 300, torch.device("cpu"))
+    assert decoder.cache.max_seq_len == 512 and scratch == 511 and tr.kv_cache is decoder.cache
+    tr.delete_cache()
+    decoder.attach_cache(tr, 2, 290, torch.device("cpu"))  # fits: reused
+    assert tr.kv_cache is decoder.cache and decoder.cache.max_seq_len == 512
+    old = decoder.cache
+    decoder.attach_cache(tr, 4, 290, torch.device("cpu"))  # other rows: a new cache
+    assert decoder.cache is not old and decoder.cache.max_batch_size == 4
+    tr.delete_cache()
+    decoder.release()
+    assert decoder.cache is None
+
+
+def test_text_to_image_pipeline_has_the_switch(tiny_pipe_dir):
+    p = LuminaMGPTPipeline.from_pretrained(tiny_pipe_dir)
+    assert p.compiled_decoder is None
+    p.enable_compiled_decoding(mode="default", seq_multiple=64)
+    assert isinstance(p.compiled_decoder, CompiledDecoder) and p.compiled_decoder.seq_multiple == 64
+    p.disable_compiled_decoding()
+    assert p.compiled_decoder is None
