@@ -6,7 +6,13 @@ unbatched forward with its own cache, every token (NEWLINE and EOI included) cos
 All three use the same random weights in the same process.
 
     python benchmarks/text_to_image.py                      # ~106M params, 256 and 512 px, CPU
-    python benchmarks/text_to_image.py --sizes 256 --repeats 1 --json out.json
+    python benchmarks/text_to_image.py --sizes 256 --json out.json
+    python benchmarks/text_to_image.py --hidden 512 --layers 8 --heads 8 --intermediate 1376 --sizes 256 \
+        --top-k 2000 --compiled                              # the 35M config, with compiled decoding
+
+`--compiled` adds `pipe.enable_compiled_decoding()` rows (compiled once per size before timing) and the
+decode-step floor: the bytes one AR step reads (every layer's weights and the code rows of the lm_head)
+over the streaming read rate measured in the same process.
 """
 
 from __future__ import annotations
@@ -117,6 +123,24 @@ def timed(fn, device: str):
     return out, time.perf_counter() - t
 
 
+def read_rate_gbps(device: str, nbytes: int = 256 * 2**20) -> float:
+    """Streaming read rate: `sum` over a float32 tensor larger than the caches (best of 5)."""
+    x = torch.ones(nbytes // 4, device=device)
+    x.sum()
+    best = float("inf")
+    for _ in range(5):
+        _, sec = timed(x.sum, device)
+        best = min(best, sec)
+    return nbytes / best / 1e9
+
+
+def step_bytes(pipe: LuminaMGPTPipeline) -> int:
+    """Bytes of weights one image decode step reads: every layer, the final norm, the code rows of the lm_head."""
+    tr = pipe.transformer
+    layers = sum(p.numel() * p.element_size() for n, p in tr.named_parameters() if not n.startswith(("lm_head", "model.embed")))
+    return layers + len(pipe.vocab.code_token_ids) * tr.config.hidden_size * tr.lm_head.weight.element_size()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
@@ -130,6 +154,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--compiled", action="store_true", help="also time both schedulers with compiled decoding")
     ap.add_argument("--json", default="benchmarks/results/text_to_image.json")
     args = ap.parse_args()
 
@@ -147,13 +172,27 @@ def main() -> None:
         n_codes = (size // 16) ** 2
         for top_k in args.top_k:
             runs = {}
-            for name, sched in (("ar", LuminaMGPTARScheduler()),
-                                ("jacobi", LuminaMGPTJacobiScheduler(num_drafts=args.num_drafts))):
+            variants = [(name, sched, False) for name, sched in (
+                ("ar", LuminaMGPTARScheduler()), ("jacobi", LuminaMGPTJacobiScheduler(num_drafts=args.num_drafts)))]
+            if args.compiled:
+                variants += [(name + "_compiled", sched, True) for name, sched, _ in variants]
+            for name, sched, compiled in variants:
                 pipe.scheduler = sched
-                out, sec = timed(lambda: pipe(PROMPT, height=size, width=size, guidance_scale=args.guidance,
-                                              image_top_k=top_k, generator=torch.Generator().manual_seed(0),
-                                              output_type="tokens"), args.device)
+                if compiled and pipe.compiled_decoder is None:
+                    pipe.enable_compiled_decoding()
+                elif not compiled:
+                    pipe.disable_compiled_decoding()
+
+                def generate():
+                    return pipe(PROMPT, height=size, width=size, guidance_scale=args.guidance, image_top_k=top_k,
+                                generator=torch.Generator().manual_seed(0), output_type="tokens")
+
+                if compiled:  # compile this size's graphs before timing
+                    _, compile_sec = timed(generate, args.device)
+                    print(f"{size:>4}px {name}: first call (compiling) {compile_sec:.1f} s", flush=True)
+                out, sec = timed(generate, args.device)
                 runs[name] = (sec, out.num_forward_passes)
+            pipe.disable_compiled_decoding()
             if hf is not None:
                 (_, fw), sec = timed(lambda: lumina_style_generate(hf, pipe, size, size, args.guidance, top_k, 0),
                                      args.device)
@@ -167,9 +206,19 @@ def main() -> None:
                 })
                 print(f"{size:>4}px top_k={top_k:<5} {name:<13} {sec:8.2f} s  {fw:6d} forwards "
                       f"({fw / n_codes:.3f}/code)  x{base / sec:.2f} vs baseline", flush=True)
+    floor_ms = None
+    if args.compiled:
+        rate = read_rate_gbps(args.device)
+        floor_ms = 1000 * step_bytes(pipe) / (rate * 1e9)
+        for row in rows:
+            if row["method"] in ("ar", "ar_compiled"):
+                row["ms_per_forward"] = round(1000 * row["seconds"] / row["forwards"], 3)
+                row["x_floor"] = round(row["ms_per_forward"] / floor_ms, 2)
+                print(f"{row['size']}px {row['method']}: {row['ms_per_forward']:.2f} ms per forward, "
+                      f"{row['x_floor']:.2f}x the {floor_ms:.2f} ms weight-read floor ({rate:.1f} GB/s)", flush=True)
     meta = {"params": n_params, "device": args.device, "dtype": args.dtype, "guidance": args.guidance,
             "num_drafts": args.num_drafts, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "floor_ms": None if floor_ms is None else round(floor_ms, 3)}
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,11 @@ replay, so a step costs its weight reads, not the launch of several hundred kern
 
 Shapes are kept few:
 
-* **Windows** are padded to a power of two (Jacobi windows vary in length); padded positions repeat
-  the last real token and write their keys/values to one scratch slot past every real slot, which no
-  real query can see (a query sees slots at or before its own).
+* **Windows** on CUDA are padded to a power of two (Jacobi windows vary in length; a CUDA graph has
+  fixed shapes); padded positions repeat the last real token and write their keys/values to one
+  scratch slot past every real slot, which no real query can see (a query sees slots at or before its
+  own). On a CPU, where padded rows cost their full matmul time, windows keep their length and the
+  graph is compiled with a dynamic window dimension after the second length it sees.
 * **The cache** belongs to the `CompiledDecoder`, not to one call: its length is rounded up to a
   multiple of `seq_multiple`, and it is reused by later calls with the same rows that fit in it, so a
   new prompt of similar length compiles nothing. Stale keys/values in a reused cache are invisible
@@ -84,12 +86,16 @@ class CompiledDecoder:
             return self.mode
         return "reduce-overhead" if device.type == "cuda" and self.backend == "inductor" else None
 
+    def _pads(self, device: torch.device) -> bool:
+        """Whether windows are padded to fixed sizes: under CUDA graphs (fixed shapes), not on a CPU."""
+        return device.type == "cuda"
+
     def _function(self, device: torch.device):
         fn = self._compiled.get(device.type)
         if fn is None:
             fn = self._compiled[device.type] = torch.compile(
                 static_decode_forward, mode=self._mode(device), backend=self.backend, fullgraph=self.fullgraph,
-                dynamic=False,
+                dynamic=False if self._pads(device) else None,
             )
         return fn
 
@@ -145,15 +151,15 @@ class CompiledDecoder:
         token_ids: torch.Tensor,  # (K,)
         min_window: int = 1,
     ) -> torch.Tensor:
-        """Logits (R, T, K) of one cached window, computed at the power of two >= max(T, min_window).
+        """Logits (R, T, K) of one cached window; on CUDA computed at the power of two >= max(T, min_window).
 
         A scheduler's windows are mostly of one size (AR: 1 or 2 tokens, Jacobi: the drafts plus the
-        pending tokens), so passing that size as `min_window` leaves one graph to compile per scheduler.
+        pending tokens), so passing that size as `min_window` leaves one graph to capture per scheduler.
         """
         if transformer.kv_cache is not self.cache or self.cache is None:
             raise RuntimeError("CompiledDecoder.attach_cache(...) must give the transformer its cache first.")
         rows, T = tokens.shape
-        padded = _bucket(max(T, min_window))
+        padded = _bucket(max(T, min_window)) if self._pads(tokens.device) else T
         if padded != T:
             extra = padded - T
             tokens = torch.cat([tokens, tokens[:, -1:].expand(rows, extra)], dim=1)

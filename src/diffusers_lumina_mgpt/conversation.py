@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .prompts import TEXT_TO_IMAGE_TEMPLATE
 from .vocab import LuminaVocab
 
 IGNORE_INDEX = -100
 
-TEXT_TO_IMAGE_TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
 
 
 def text_to_image_prompt(prompt: str, height: int, width: int) -> str:

@@ -28,6 +28,8 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
+from .prompts import IMAGE_PLACEHOLDER
+
 BOS_NAME = "<s>"
 EOS_NAME = "</s>"
 PAD_NAME = "<pad>"
@@ -35,7 +37,6 @@ BOI_NAME = "<racm3:break>"
 EOI_NAME = "<eoss>"
 NEWLINE_NAME = "<reserved08799>"
 EOT_NAME = "<reserved08706>"
-IMAGE_PLACEHOLDER = "<|image|>"
 GRID_NAME_BASE = 8800  # grid count n is the token <reserved{8800+n:05d}>
 
 _CODE_NAME = re.compile(r"^IMGIMG([A-J]+)Z$")

@@ -90,9 +90,10 @@ def decode_image_blocks(
     kv_mask_d = kv_mask.to(device)
     code_ids = layout.code_token_ids.to(device)
 
-    # compiled windows: AR ones hold 1 token (2 after a row's last code: it and the forced NEWLINE), and
-    # a 1-token graph is 25% faster than a padded 2-token one (7B on an H200); Jacobi ones are padded
-    # to one size above the drafts plus a pending token, so each scheduler compiles one or two graphs
+    # compiled windows on CUDA are padded to fixed sizes: AR ones hold 1 token (2 after a row's last code:
+    # it and the forced NEWLINE), and a 1-token graph is 21% faster than a padded 2-token one (7B on an
+    # H200); Jacobi ones are padded to one size above the drafts plus a pending token, so each scheduler
+    # captures one or two graphs
     window = scheduler.num_drafts + 2 if scheduler.num_drafts else 1
 
     def run(tokens: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, keep: int) -> torch.Tensor:

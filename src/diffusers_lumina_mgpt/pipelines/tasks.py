@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..vocab import IMAGE_PLACEHOLDER
+from ..prompts import DEPTH_TEXT, IMAGE_PLACEHOLDER, SEGMENTATION_TEXT
 
 # Lumina-mGPT Omni-SFT has no fixed no-edit instruction; the paper only notes that an image given
 # with an instruction not to change it comes back with less VQ noise. This wording is the first of
@@ -47,8 +47,8 @@ OMNI_TASKS: dict[str, OmniTask] = {
     t.name: t
     for t in (
         OmniTask("edit", "{prompt}", "instruction editing: the prompt is the raw instruction"),
-        OmniTask("segmentation", "Segmentic segmentation.", "semantic segmentation map"),
-        OmniTask("depth", "Depth estimation.", "depth map"),
+        OmniTask("segmentation", SEGMENTATION_TEXT, "semantic segmentation map"),
+        OmniTask("depth", DEPTH_TEXT, "depth map"),
         OmniTask("surface_normal", "Surface normal estimation.", "surface normal map"),
         OmniTask("pose", "Human pose estimation.", "human pose skeleton image"),
         OmniTask("detection", "Detect: {prompt}", "detection of the object named by the prompt"),

@@ -348,7 +348,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
         if output_type == "tokens":
             return blocks, blocks, result.num_forwards
-        codes = self.image_tokens_to_latents(blocks)
+        codes = layout.codes_grid(result.body)  # the layout placed every token: nothing to re-parse
         if output_type == "latent":
             return codes, blocks, result.num_forwards
         return self.decode_latents(codes, output_type), blocks, result.num_forwards

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..prompts import DEPTH_TEXT, IMAGE_PLACEHOLDER, SEGMENTATION_TEXT, TEXT_TO_IMAGE_TEMPLATE
 from .language import (
     NOEDIT_INSTRUCTIONS, PromptSpec, caption, edit_instruction, make_question, prompt_from_scene,
 )
@@ -28,11 +29,8 @@ from .scene import (
 )
 from .scorer import TurnScore, score_target
 
-IMAGE = "<|image|>"
-T2I_TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
+IMAGE = IMAGE_PLACEHOLDER
 CAPTION_PROMPTS = ("Describe the image in detail.", "Describe this image.", "What is in this image?")
-SEGMENTATION_PROMPT = "Segmentic segmentation."  # sic: Lumina-mGPT Omni's wording
-DEPTH_PROMPT = "Depth estimation."
 
 
 @dataclass
@@ -140,7 +138,7 @@ def make_t2i(rng: np.random.Generator, split: str) -> TaskRecord:
     scene = sample_scene(rng, split=split)
     spec = prompt_from_scene(scene, rng) if rng.random() < 0.5 else None
     text = spec.text if spec is not None else caption(scene, rng)
-    human = T2I_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
+    human = TEXT_TO_IMAGE_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
     target = {"kind": "prompt", "text": text, "spec": spec.to_dict() if spec else None, "scene": scene.to_dict()}
     return TaskRecord("t2i", _turns((human, IMAGE)), [render_scene(scene)], [target], split, scene.heldout)
 
@@ -196,14 +194,14 @@ def make_multiedit(rng: np.random.Generator, split: str) -> TaskRecord:
 
 def make_segmentation(rng: np.random.Generator, split: str) -> TaskRecord:
     scene = sample_scene(rng, split=split)
-    conv = _turns((f"{SEGMENTATION_PROMPT} {IMAGE}", IMAGE))
+    conv = _turns((f"{SEGMENTATION_TEXT} {IMAGE}", IMAGE))
     return TaskRecord("segmentation", conv, [render_scene(scene), render_segmentation(scene)],
                       [{"kind": "segmentation", "scene": scene.to_dict()}], split, scene.heldout)
 
 
 def make_depth(rng: np.random.Generator, split: str) -> TaskRecord:
     scene = sample_scene(rng, split=split)
-    conv = _turns((f"{DEPTH_PROMPT} {IMAGE}", IMAGE))
+    conv = _turns((f"{DEPTH_TEXT} {IMAGE}", IMAGE))
     return TaskRecord("depth", conv, [render_scene(scene), render_depth(scene)],
                       [{"kind": "depth", "scene": scene.to_dict()}], split, scene.heldout)
 

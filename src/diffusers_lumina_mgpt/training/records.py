@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..vocab import IMAGE_PLACEHOLDER
+from ..prompts import IMAGE_PLACEHOLDER, TEXT_TO_IMAGE_TEMPLATE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # the text-to-image instruction states the output size; it is rewritten to the bucket the image lands in
@@ -136,7 +136,7 @@ def _caption_record(image: Path) -> Record | Skip:
     caption = caption_file.read_text().strip()
     if not caption:
         return Skip("empty", key, "empty caption")
-    human = f"Generate an image of 0x0 according to the following prompt:\n{caption}"  # size set at pretokenize
+    human = TEXT_TO_IMAGE_TEMPLATE.format(width=0, height=0, prompt=caption)  # size set at pretokenize
     return check_record(Record([{"from": "human", "value": human}, {"from": "gpt", "value": IMAGE_PLACEHOLDER}],
                                [str(image)], "t2i", key))
 
