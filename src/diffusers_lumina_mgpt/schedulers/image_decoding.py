@@ -76,6 +76,13 @@ class ImageLayout:
         lookup[self.code_token_ids.cpu()] = torch.arange(self.num_codes)
         return lookup
 
+    def forced_tokens(self, positions: torch.Tensor) -> torch.Tensor:
+        """Body positions (T,) -> the forced token at each (NEWLINE or EOI), -1 where a code goes."""
+        out = torch.full(positions.shape, -1, dtype=torch.long)
+        out[positions % (self.width + 1) == self.width] = self.newline_id
+        out[positions == self.length - 1] = self.eoi_id
+        return out
+
     def code_of(self, token: int) -> int:
         """Code index of a token id, or -1 when it is not a code (or undecided, < 0)."""
         return int(self.token_to_code[token]) if 0 <= token < len(self.token_to_code) else -1
@@ -166,46 +173,72 @@ class ImageDecodingMixin:
 
     # ----------------------------------------------------------------------------------------
     def step(self, state: ImageDecodeState, logits: torch.Tensor) -> ImageDecodeStepOutput:
-        """Consume guided code logits (B, T, C) of the last forward and accept tokens."""
+        """Consume guided code logits (B, T, C) of the last forward and accept tokens.
+
+        Verification is tensor work over all rows and positions at once: `logits[:, j]` predicts body
+        position `first + j`, whose window input (if any) is input `j + 1`. A drafted code `x` passes when
+        `u * p_draft(x) < p_now(x)`, a forced input (NEWLINE, EOI) always passes. Each row keeps the
+        passing positions from its first undecided one, then samples one more token at the first
+        position that did not pass: from `max(0, p_now - p_draft)` where a draft was rejected, else from
+        `p_now`. Every kept token follows the distribution plain sampling gives it.
+        """
         lay = state.layout
         before = list(state.num_accepted)
-        B, T, _ = logits.shape
+        B, T, C = logits.shape
         probs = logits_to_probs(logits, **state.sampling).cpu()  # (B, T, C)
         first = state.window_start + 1  # body position predicted by logits[:, 0]
-        n_in = 0 if state.window_tokens is None else state.window_tokens.shape[1]
-        uniforms = state.random.uniform(2 * T + 2)  # (B, ...) one stream per row, consumed in order
+        uniforms = state.random.uniform(T + 1)  # (B, T + 1): one stream per row
         state.num_forwards += 1
+        forced = lay.forced_tokens(first + torch.arange(T))  # (T,) token id, -1 where a code goes
+        n_in = 0 if state.window_tokens is None else state.window_tokens.shape[1]
+        inputs = torch.arange(1, T + 1)  # the window input at each predicted position
+        is_input = inputs < n_in  # (T,)
+        kind = torch.full((B, T), _FINAL, dtype=torch.long)
+        drafted = torch.zeros((B, T), dtype=torch.long)  # the drafted code (0 where none)
+        fed = torch.full((B, T), -1, dtype=torch.long)  # the window's input token
+        if is_input.any():
+            idx = inputs[is_input]
+            kind[:, is_input] = state.window_kind[:, idx]
+            drafted[:, is_input] = state.window_codes[:, idx].clamp_min(0)
+            fed[:, is_input] = state.window_tokens[:, idx]
+        draft = (kind != _FINAL) & (forced < 0)[None]  # (B, T): a drafted code to verify
+        p_draft = torch.where(kind == _UNIFORM, 1.0 / C, (kind == _DELTA).float())  # p_draft(x), not _DIST
+        if (kind == _DIST).any():
+            stored = state.window_probs[:, inputs.clamp_max(n_in - 1)].gather(-1, drafted[..., None]).squeeze(-1)
+            p_draft = torch.where(kind == _DIST, stored, p_draft)
+        accept = draft & (uniforms[:, :T] * p_draft < probs.gather(-1, drafted[..., None]).squeeze(-1))
+        passes = is_input[None] & (accept | ((forced >= 0)[None] & (fed == forced[None])))
+        stop = min(T, lay.length - first)
+        start = torch.tensor(state.num_accepted) - first  # (B,) each row's first undecided position
+        j = torch.arange(T)[None]
+        blocked = ~passes & (j >= start[:, None]) | (j >= stop)
+        end = torch.cat([blocked, torch.ones(B, 1, dtype=torch.bool)], 1).long().argmax(1)  # first blocked
+        # the token at each row's first blocked position: forced, or sampled from the residual / p_now
+        at = end.clamp_max(T - 1)
+        q = probs[torch.arange(B), at]  # (B, C)
+        rejected = draft[torch.arange(B), at]
+        if rejected.any():
+            proposal = torch.zeros(B, C)
+            kinds, codes = kind[torch.arange(B), at], drafted[torch.arange(B), at]
+            proposal[kinds == _UNIFORM] = 1.0 / C
+            proposal[kinds == _DELTA] = torch.nn.functional.one_hot(codes[kinds == _DELTA], C).float()
+            dist = kinds == _DIST
+            if dist.any():
+                proposal[dist] = state.window_probs[dist.nonzero()[:, 0], inputs[at[dist]]]
+            residual = (q - proposal).clamp_min(0.0)
+            use = rejected & (residual.sum(-1) > 0)
+            q = torch.where(use[:, None], residual, q)
+        sampled = lay.code_token_ids.cpu()[sample_with_uniform(q, uniforms[:, T])]
+        last = torch.where(forced[at] >= 0, forced[at], sampled)
         for b in range(B):
-            p, k = state.num_accepted[b], 0
-            while p < lay.length and 0 <= p - first < T:
-                j = p - first
-                w = p - state.window_start  # index of position p among the window inputs
-                is_input = 0 <= w < n_in
-                forced = lay.forced(p)
-                if forced is not None:
-                    tok = forced
-                else:
-                    q = probs[b, j]
-                    kind = int(state.window_kind[b, w]) if is_input else _FINAL
-                    if is_input and kind != _FINAL:
-                        x = int(state.window_codes[b, w])
-                        pd = self._proposal(state, b, w, kind)
-                        if uniforms[b, k] * pd[x] < q[x]:
-                            code = x
-                        else:
-                            residual = (q - pd).clamp_min(0.0)
-                            if float(residual.sum()) <= 0.0:
-                                residual = q
-                            code = int(sample_with_uniform(residual[None], uniforms[b, k + 1 : k + 2])[0])
-                        k += 2
-                    else:
-                        code = int(sample_with_uniform(q[None], uniforms[b, k : k + 1])[0])
-                        k += 1
-                    tok = int(lay.code_token_ids[code])
-                state.body[b, p] = tok
+            s, e = int(start[b]), int(end[b])
+            if not 0 <= s < stop:
+                continue  # the row is ahead of this window
+            state.body[b, first + s : first + e] = fed[b, s:e]  # passed drafts and forced inputs
+            p = first + e
+            if e < stop:
+                state.body[b, p] = last[b]
                 p += 1
-                if not is_input or int(state.window_tokens[b, w]) != tok:
-                    break  # later logits were conditioned on a different (or missing) input
             while p < lay.length and lay.forced(p) is not None:
                 state.body[b, p] = lay.forced(p)  # forced tokens need no forward to be known
                 p += 1
@@ -213,16 +246,6 @@ class ImageDecodingMixin:
         self._advance_cache(state, probs, first)
         return ImageDecodeStepOutput(list(state.num_accepted), [n - m for n, m in zip(state.num_accepted, before)],
                                      state.finished)
-
-    def _proposal(self, state: ImageDecodeState, b: int, w: int, kind: int) -> torch.Tensor:
-        C = state.layout.num_codes
-        if kind == _DIST:
-            return state.window_probs[b, w]
-        if kind == _UNIFORM:
-            return torch.full((C,), 1.0 / C)
-        pd = torch.zeros(C)  # _DELTA
-        pd[int(state.window_codes[b, w])] = 1.0
-        return pd
 
     def _advance_cache(self, state: ImageDecodeState, probs: torch.Tensor, first: int) -> None:
         """Shared cached prefix after a step, and the Jacobi proposals this forward produced."""
