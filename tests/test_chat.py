@@ -203,3 +203,43 @@ def test_bad_inputs_and_histories(pipe, img):
     list(turn)
     with pytest.raises(ValueError, match="only once"):
         list(iter(turn._decoder))
+
+
+def test_text_after_an_image_continues_the_same_cache(pipe, img):
+    """One cache serves the whole turn: after an image the conversation is not read again, and the text
+    that follows equals greedy decoding with full uncached forwards over everything before it."""
+    v = pipe.vocab
+    calls = []
+
+    def steer(module, args, output):  # BOI at the third text forward; afterwards no BOI and no EOT
+        if output.logits.shape[-1] != module.config.vocab_size:
+            return output  # image-body forwards
+        calls.append(output.logits.shape)
+        if len(calls) == 3:
+            output.logits[..., v.boi_id] += 1e4
+        elif len(calls) > 3:
+            output.logits[..., [v.boi_id, v.eot_id]] -= 1e4
+        return output
+
+    with Recorder(pipe) as rec:
+        handle = pipe.transformer.register_forward_hook(steer)
+        try:
+            out = pipe.chat("Draw it.", images=[img], text_top_k=1, image_top_k=1, guidance_scale=2.0,
+                            max_new_tokens=5, height=32, width=32)
+        finally:
+            handle.remove()
+    assert len(out.image_tokens) == 1 and out.finish_reason == "max_new_tokens"
+    block = out.image_tokens[0].tolist()
+    before, after = out.tokens[:2].tolist(), out.tokens[2 + len(block):].tolist()
+    assert len(after) == 3 and out.tokens[2:2 + len(block)].tolist() == block
+    prompt = rec.inputs[0][0].tolist()
+    # every forward after the first feeds new tokens only: nothing of the conversation is read twice
+    fed = [x.shape[1] for x in rec.inputs[1:]]
+    assert max(fed) <= 3 and sum(fed) < len(prompt)
+    # the text after the image is what full forwards over the whole context give
+    ctx, expected = prompt + before + block, []
+    for _ in range(3):
+        logits = pipe.transformer(torch.tensor([ctx + expected])).logits[0, -1]
+        logits[[v.boi_id, v.eot_id]] -= 1e4
+        expected.append(int(torch.argmax(logits.masked_fill(text_mask(pipe, logits.shape[-1], False), float("-inf")))))
+    assert after == expected

@@ -115,12 +115,21 @@ class TurnDecoder:
         if len(ctx) >= limit:
             raise ValueError(f"the conversation has {len(ctx)} tokens but the model reads at most {limit}; shorten it")
         n_text = 0
+        # one cache for the whole turn, text and images: row 0 holds the conversation, row 1 an image's
+        # unconditional context; nothing already read is read again
+        guided = s.guidance_scale != 1.0
+        rows, slots = 1 + guided, limit + pipe.scheduler.num_drafts + 2
+        if pipe.compiled_decoder is None:
+            tr.setup_cache(max_batch_size=rows, max_seq_len=slots, device=pipe._execution_device)
+        else:
+            pipe.compiled_decoder.attach_cache(tr, rows, slots, torch.device(pipe._execution_device))
+        n_cached = 0  # ctx[:n_cached] is in the cache
         try:
             while self.finish_reason is None:
-                # ---- text: prefill the context, then one token per forward
-                tr.setup_cache(max_batch_size=1, max_seq_len=min(limit, len(ctx) + s.max_new_tokens - n_text + 3),
-                               device=pipe._execution_device)
-                logits = self._forward(ctx, 0)
+                # ---- text: feed what the cache lacks, then one token per forward
+                start = min(n_cached, len(ctx) - 1)  # the last token is fed again when all are cached
+                logits = self._forward(ctx[start:], start)
+                n_cached = len(ctx)
                 allowed = self._text_mask(logits.shape[-1])
                 segment: list[int] = []
                 shown = ""
@@ -152,6 +161,7 @@ class TurnDecoder:
                         self.finish_reason = "max_positions"
                         break
                     logits = self._forward([tok], len(ctx) - 1)
+                    n_cached = len(ctx)
                 full = pipe.tokenizer.decode(segment, skip_special_tokens=False) if segment else ""
                 if full.startswith(shown) and len(full) > len(shown):  # held-back characters
                     self.pieces.append(full[len(shown):])
@@ -160,15 +170,14 @@ class TurnDecoder:
                     break
                 # ---- image: H and W (chosen by the model unless fixed), then the body like text-to-image
                 header = self._choose_header(ctx, image_top_k)
-                tr.delete_cache()
                 h_lat, w_lat = v.grid_value(header[1]) * lpg, v.grid_value(header[2]) * lpg
-                guided = s.guidance_scale != 1.0
                 result = decode_image_blocks(
                     tr, pipe.scheduler, [torch.tensor(ctx + header)], [torch.tensor(header)] if guided else None,
                     pipe.image_layout(h_lat, w_lat), s.guidance_scale, pad_id=v.pad_id, generator=self.generator,
                     sampling={"image_top_k": image_top_k, "temperature": self._temperature, "top_p": s.top_p},
-                    device=pipe._execution_device, decoder=pipe.compiled_decoder,
+                    device=pipe._execution_device, decoder=pipe.compiled_decoder, cached_prefix=len(ctx),
                 )
+                n_cached = len(ctx) + len(header) + result.state.num_cached
                 self.num_forward_passes += result.num_forwards
                 block = header + result.body[0].tolist()
                 self.images.append(torch.tensor(block))

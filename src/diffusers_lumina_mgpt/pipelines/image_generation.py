@@ -51,6 +51,7 @@ def decode_image_blocks(
     on_step: Callable[[int, ImageDecodeState], None] | None = None,
     device: torch.device | str | None = None,
     decoder: CompiledDecoder | None = None,
+    cached_prefix: int | None = None,
 ) -> ImageDecodeResult:
     """Generate the body of one image block per conditional prompt.
 
@@ -60,6 +61,12 @@ def decode_image_blocks(
     callback can change the pipeline's guidance mid-run); whether unconditional rows run is decided
     by its first value. With a `decoder` (`pipe.enable_compiled_decoding()`), the forwards after the
     prefill run through it, in the cache it owns.
+
+    `cached_prefix=None`: the call sets up a cache and frees it when done. An int: the transformer's
+    cache is the caller's (a chat turn continuing one cache across its text and images); it is kept,
+    and its first `cached_prefix` slots already hold the single conditional prompt's first tokens, so
+    the prefill feeds only the rest (the unconditional rows must lie wholly after them).
+    `result.state.num_cached` then says how many body tokens the cache holds after the prompt.
     """
     scale = guidance_scale if callable(guidance_scale) else (lambda: guidance_scale)
     use_cfg = uncond_prompts is not None and scale() != 1.0
@@ -78,12 +85,25 @@ def decode_image_blocks(
             f"transformer has max_position_embeddings={limit}; use a smaller image or a shorter prompt"
         )
 
+    reuse = cached_prefix is not None
+    if reuse:
+        cache = transformer.kv_cache
+        shortest_uncond = min((len(r) for r in rows[n:]), default=1)  # at least one token is fed
+        if n != 1 or len(rows[0]) != prefix or not 0 <= cached_prefix <= prefix - shortest_uncond:
+            raise ValueError(
+                f"cached_prefix={cached_prefix} needs one conditional prompt, the longest row, whose first "
+                "cached_prefix tokens are cached, and unconditional rows that lie wholly after them"
+            )
+        if cache is None or cache.max_batch_size < len(rows) or cache.max_seq_len < total:
+            raise ValueError(f"cached_prefix needs a KV cache set up with >= {len(rows)} rows and >= {total} slots")
+        if decoder is not None and decoder.cache is not cache:
+            raise ValueError("with a compiled decoder, the reused cache must be the decoder's (decoder.attach_cache)")
     ids, real = _left_pad(rows, pad_id, prefix)
     lengths = real.sum(1)  # (R,) prompt length of each row = RoPE position of body position 0
     positions = (real.cumsum(1) - 1).clamp_min(0)
-    if decoder is None:
+    if not reuse and decoder is None:
         transformer.setup_cache(max_batch_size=len(rows), max_seq_len=total, device=device)
-    else:
+    elif not reuse:
         decoder.attach_cache(transformer, len(rows), total, device)
     kv_mask = torch.ones((len(rows), transformer.kv_cache.max_seq_len), dtype=torch.bool)
     kv_mask[:, :prefix] = real
@@ -109,7 +129,8 @@ def decode_image_blocks(
 
     try:
         state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
-        out = scheduler.step(state, run(ids, torch.arange(prefix), positions, keep=1))
+        done = cached_prefix or 0
+        out = scheduler.step(state, run(ids[:, done:], torch.arange(done, prefix), positions[:, done:], keep=1))
         step = 0
         if on_step is not None:
             on_step(step, state)
@@ -125,5 +146,6 @@ def decode_image_blocks(
             if on_step is not None:
                 on_step(step, state)
     finally:
-        transformer.delete_cache()
+        if not reuse:
+            transformer.delete_cache()
     return ImageDecodeResult(state.body.clone(), state.num_forwards, state)
