@@ -198,3 +198,30 @@ def test_vocab_follows_a_swapped_tokenizer(pipe_dir):
     assert p.vocab is first and p.conversation.vocab is first
     p.tokenizer = AutoTokenizer.from_pretrained(pipe_dir / "tokenizer")
     assert p.vocab is not first and p.vocab == first and p.conversation.tokenizer is p.tokenizer
+
+
+@pytest.mark.parametrize("scheduler", ["ar", "jacobi"])
+def test_callback_interrupt_stops_decoding(pipe, scheduler):
+    """diffusers' convention: a step callback sets `pipe._interrupt`; the call returns what was decided."""
+    set_scheduler(pipe, scheduler)
+    seen = []
+
+    def stop_early(p, step, num_tokens, kwargs):
+        seen.append(step)
+        if step == 2:
+            p._interrupt = True
+        return kwargs
+
+    kw = dict(height=64, width=64, guidance_scale=3.0, image_top_k=1)
+    full = pipe("a red circle", output_type="tokens", **kw).tokens
+    tokens = pipe("a red circle", output_type="tokens", callback_on_step_end=stop_early, **kw).tokens
+    assert seen == [0, 1, 2] and pipe.interrupt
+    decided = tokens[0, 3:] >= 0
+    assert 0 < int(decided.sum()) < full.shape[1] - 3 and not decided[-1]  # EOI undecided
+    assert torch.equal(tokens[0, 3:][decided], full[0, 3:][decided])  # a prefix of the full decode
+    n = int(decided.sum())
+    assert decided[:n].all() and not decided[n:].any()
+    images = pipe("a red circle", output_type="np", callback_on_step_end=stop_early, **kw).images
+    assert images.shape == (1, 64, 64, 3) and np.allclose(images[0, -16:], 0.5)  # undecided cells are grey
+    pipe("a red circle", output_type="tokens", **kw)  # the next call starts uninterrupted
+    assert not pipe.interrupt

@@ -52,6 +52,7 @@ def decode_image_blocks(
     device: torch.device | str | None = None,
     decoder: CompiledDecoder | None = None,
     cached_prefix: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ImageDecodeResult:
     """Generate the body of one image block per conditional prompt.
 
@@ -67,6 +68,7 @@ def decode_image_blocks(
     and its first `cached_prefix` slots already hold the single conditional prompt's first tokens, so
     the prefill feeds only the rest (the unconditional rows must lie wholly after them).
     `result.state.num_cached` then says how many body tokens the cache holds after the prompt.
+    `should_stop`, read after every step, ends decoding early; undecided body tokens stay -1.
     """
     scale = guidance_scale if callable(guidance_scale) else (lambda: guidance_scale)
     use_cfg = uncond_prompts is not None and scale() != 1.0
@@ -134,7 +136,7 @@ def decode_image_blocks(
         step = 0
         if on_step is not None:
             on_step(step, state)
-        while not out.finished:
+        while not out.finished and not (should_stop is not None and should_stop()):
             tokens = scheduler.window(state)  # (N, T)
             T = tokens.shape[1]
             start = state.window_start

@@ -156,6 +156,12 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         return self._guidance_scale
 
     @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in `callback_on_step_end` to stop decoding (diffusers' convention):
+        the call returns the tokens decided so far, -1 where undecided, and images with those cells grey."""
+        return getattr(self, "_interrupt", False)
+
+    @property
     def do_classifier_free_guidance(self) -> bool:
         return self._guidance_scale != 1.0
 
@@ -327,6 +333,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         """
         tensor_inputs = callback_on_step_end_tensor_inputs or ["tokens"]
         self._guidance_scale = guidance_scale
+        self._interrupt = False
         with self.progress_bar(total=layout.length) as bar:
             done = [0]
 
@@ -342,16 +349,24 @@ class LuminaMGPTPipeline(DiffusionPipeline):
                 self.transformer, self.scheduler, cond, uncond if guidance_scale != 1.0 else None, layout,
                 lambda: self._guidance_scale, pad_id=self.vocab.pad_id, generator=generator, sampling=sampling,
                 on_step=on_step, device=self._execution_device, decoder=self.compiled_decoder,
+                should_stop=lambda: self.interrupt,
             )
 
         header = self.image_header(height, width)
         blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
         if output_type == "tokens":
             return blocks, blocks, result.num_forwards
-        codes = layout.codes_grid(result.body)  # the layout placed every token: nothing to re-parse
+        undecided = result.body < 0  # only after an interrupt
+        body = torch.where(undecided, layout.code_token_ids[0].cpu(), result.body)
+        codes = layout.codes_grid(body)  # the layout placed every token: nothing to re-parse
+        blank = layout.cells(undecided)  # (B, h, w)
         if output_type == "latent":
-            return codes, blocks, result.num_forwards
-        return self.decode_latents(codes, output_type), blocks, result.num_forwards
+            return codes.masked_fill(blank, -1), blocks, result.num_forwards
+        pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
+        if blank.any():  # an interrupted call: grey where nothing was decided
+            cell = pixels.shape[-1] // codes.shape[-1]
+            pixels = pixels.masked_fill(blank.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None].to(pixels.device), 0.0)
+        return self.image_processor.postprocess(pixels, output_type), blocks, result.num_forwards
 
     def image_tokens_to_latents(self, blocks) -> torch.Tensor:
         """Image token blocks of one size (validated) -> (B, h, w) VQ code grids."""

@@ -87,10 +87,13 @@ class ImageLayout:
         """Code index of a token id, or -1 when it is not a code (or undecided, < 0)."""
         return int(self.token_to_code[token]) if 0 <= token < len(self.token_to_code) else -1
 
+    def cells(self, body: torch.Tensor) -> torch.Tensor:
+        """Anything laid out like a body (B, L) -> its code cells (B, h, w), NEWLINEs and EOI dropped."""
+        return body[:, : self.length - 1].reshape(-1, self.height, self.width + 1)[:, :, : self.width]
+
     def codes_grid(self, body: torch.Tensor) -> torch.Tensor:
         """Body token ids (B, L) -> code indices (B, h, w)."""
-        grid = body[:, : self.length - 1].reshape(-1, self.height, self.width + 1)[:, :, : self.width]
-        return self.token_to_code[grid.cpu()]
+        return self.token_to_code[self.cells(body).cpu()]
 
 
 @dataclass
