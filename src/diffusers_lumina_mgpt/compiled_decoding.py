@@ -28,7 +28,8 @@ import math
 import torch
 
 from .kv_cache import StaticKVCache, cached_attention_mask
-from .transformer import LuminaMGPTTransformer, linear
+from .fast_linear import WeightRows, linear
+from .transformer import LuminaMGPTTransformer
 
 # distinct (rows, window, cache length) graphs one decoder may compile before dynamo falls back to eager
 RECOMPILE_LIMIT = 64
@@ -75,7 +76,9 @@ class CompiledDecoder:
         self.mode, self.backend, self.fullgraph, self.seq_multiple = mode, backend, fullgraph, seq_multiple
         self.cache: StaticKVCache | None = None
         self._compiled: dict[str, object] = {}  # device type -> compiled function
-        self._lm_rows: tuple | None = None  # (token ids, weight version, rows): one static tensor per vocabulary subset
+        # the lm_head rows of the image codes at one address: a CUDA graph copies any other input into its
+        # own buffer on every replay (64 MB per 7B step for these)
+        self._lm_rows = WeightRows()
         self.num_compiled_calls = 0
 
     def __repr__(self) -> str:
@@ -121,24 +124,10 @@ class CompiledDecoder:
         transformer.kv_cache = self.cache
         return self.cache.max_seq_len - 1
 
-    def _lm_head_rows(self, transformer: LuminaMGPTTransformer, token_ids: torch.Tensor, graphs: bool) -> torch.Tensor:
-        """The lm_head rows of `token_ids`, kept at one address while ids and weights are unchanged (a CUDA
-        graph copies any other input into its own buffer on every replay: 64 MB per 7B step for these)."""
-        weight = transformer.lm_head.weight
-        version = (weight.data_ptr(), weight._version, weight.dtype)
-        kept = self._lm_rows
-        if kept is None or kept[1] != version or not torch.equal(kept[0], token_ids.to(kept[0].device)):
-            ids = token_ids.to(weight.device)
-            rows = weight.index_select(0, ids)
-            if graphs:
-                torch._dynamo.mark_static_address(rows)
-            self._lm_rows = kept = (ids.clone(), version, rows)
-        return kept[2]
-
     def release(self) -> None:
         """Free the cache and the kept lm_head rows (the next call allocates them again and compiles for them)."""
         self.cache = None
-        self._lm_rows = None
+        self._lm_rows.clear()
 
     # ------------------------------------------------------------------ forward
     def __call__(
@@ -167,9 +156,10 @@ class CompiledDecoder:
             scratch = cache_position.new_full((extra,), self.cache.max_seq_len - 1)
             cache_position = torch.cat([cache_position, scratch])
         device = tokens.device
-        lm_rows = self._lm_head_rows(transformer, token_ids, graphs=self._mode(tokens.device) == "reduce-overhead")
         fn = self._function(device)
         graphs = self._mode(device) == "reduce-overhead"
+        lm_rows = self._lm_rows.get(transformer.lm_head.weight, token_ids,
+                                    on_new=torch._dynamo.mark_static_address if graphs else None)
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):

@@ -35,6 +35,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .fast_linear import Linear, WeightRows, fuse_linears, fused_usable, linear
 from .kv_cache import StaticKVCache, cached_attention_mask, padded_causal_mask
 
 from . import diffusers_compat
@@ -53,46 +54,6 @@ class LuminaMGPTTransformerOutput(BaseOutput):
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-
-
-# MKL's fp32 GEMM for x (M, in) @ W.T is slow for the few rows of a decode step (measured 7 GB/s for a
-# 65536 x 512 lm_head at M=2 on 2 AVX-512 cores); the same product as W @ x.T streams the weight at
-# ~42 GB/s. Single rows are padded to two (sgemv is as slow as the slow GEMM path).
-_SMALL_M_ROWS = 8
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, routed through `weight @ x.T` for fp32 CPU inference on at most 8 rows."""
-    rows = x.numel() // x.shape[-1] if x.numel() else 0
-    if (
-        0 < rows <= _SMALL_M_ROWS
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
-        x2 = x.reshape(rows, x.shape[-1])
-        if rows == 1:
-            x2 = torch.cat([x2, x2])
-        y = (weight @ x2.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])
-        return y if bias is None else y + bias
-    return F.linear(x, weight, bias)
-
-
-def _fused_usable(first: torch.Tensor, fused: torch.Tensor) -> bool:
-    """Whether a fused projection still holds the layer's weights (inference only). A compiled forward
-    uses the separate projections: the data-pointer check cannot be traced, and the launches that
-    fusion saves are what compilation removes anyway."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    return first.data_ptr() == fused.data_ptr()
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` (same parameters and state-dict keys) with the fast small-batch CPU path of `linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -150,7 +111,7 @@ class Attention(nn.Module):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fused = self.fused_weight
-        if fused is not None and _fused_usable(self.q_proj.weight, fused):
+        if fused is not None and fused_usable(self.q_proj.weight, fused):
             qkv = linear(x, fused, self.fused_bias)
             dq, dk = self.q_proj.out_features, self.k_proj.out_features
             return qkv[..., :dq], qkv[..., dq : dq + dk], qkv[..., dq + dk :]
@@ -210,7 +171,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self.fused_weight
-        if fused is not None and _fused_usable(self.gate_proj.weight, fused):
+        if fused is not None and fused_usable(self.gate_proj.weight, fused):
             gate, up = linear(x, fused, self.fused_bias).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
@@ -306,6 +267,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.kv_cache: StaticKVCache | None = None
         self._inv_freq: torch.Tensor | None = None
+        self._lm_head_rows = WeightRows()  # code-only logits inside an image: 8192 of 65536 lm_head rows
 
     # ------------------------------------------------------------------ cache
     def setup_cache(
@@ -330,19 +292,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
 
     def delete_cache(self) -> None:
         self.kv_cache = None
-        self._lm_head_subset = None
-
-    def _lm_head_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """lm_head rows of `token_ids` (K, hidden), gathered once and reused while ids and weight are unchanged."""
-        weight = self.lm_head.weight
-        if torch.is_grad_enabled():
-            return weight.index_select(0, token_ids.to(weight.device))
-        cached = getattr(self, "_lm_head_subset", None)
-        version = (weight.data_ptr(), weight._version, weight.dtype)
-        if cached is None or cached[1] != version or not torch.equal(cached[0], token_ids.to(cached[0].device)):
-            ids = token_ids.to(weight.device)
-            self._lm_head_subset = cached = (ids.clone(), version, weight.index_select(0, ids))
-        return cached[2]
+        self._lm_head_rows.clear()
 
     # ------------------------------------------------------------ fused weights
     @torch.no_grad()
@@ -355,8 +305,8 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         """
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            attn.fused_weight, attn.fused_bias = _fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
-            mlp.fused_weight, mlp.fused_bias = _fuse_linears([mlp.gate_proj, mlp.up_proj])
+            attn.fused_weight, attn.fused_bias = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+            mlp.fused_weight, mlp.fused_bias = fuse_linears([mlp.gate_proj, mlp.up_proj])
 
     def unfuse_projections(self) -> None:
         """Give every projection its own storage again (undo `fuse_projections`)."""
@@ -468,7 +418,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         if logits_token_ids is None:
             logits = self.lm_head(x).float()  # (B, T', vocab)
         else:
-            logits = linear(x, self._lm_head_rows(logits_token_ids)).float()  # (B, T', K)
+            logits = linear(x, self._lm_head_rows.get(self.lm_head.weight, logits_token_ids)).float()  # (B, T', K)
 
         loss = None
         if labels is not None:
@@ -525,17 +475,3 @@ def causal_lm_loss(
         lse = torch.logsumexp(shift_logits, dim=-1)  # (B, T-1)
         loss = loss + z_loss_weight * (lse.pow(2) * supervised).sum() / count
     return loss
-
-
-def _fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate the weights (and biases) of `linears` along out_features; re-point them to views of it."""
-    weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
-    bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears], dim=0)
-    start = 0
-    for lin in linears:
-        end = start + lin.out_features
-        lin.weight = nn.Parameter(weight[start:end], requires_grad=lin.weight.requires_grad)
-        if bias is not None:
-            lin.bias = nn.Parameter(bias[start:end], requires_grad=lin.bias.requires_grad)
-        start = end
-    return weight, bias

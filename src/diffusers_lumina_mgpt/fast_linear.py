@@ -1,0 +1,94 @@
+"""Fast inference paths for the transformer's linear layers, kept apart from its architecture.
+
+* `linear` / `Linear`: `F.linear` with a CPU route for the few rows of a decode step (MKL's small-M GEMM
+  is slow; `weight @ x.T` streams the weight).
+* `fuse_linears` / `fused_usable`: q/k/v and gate/up weights concatenated in place
+  (`LuminaMGPTTransformer.fuse_projections`), used while they still hold the layer's weights.
+* `WeightRows`: the rows of a weight for a vocabulary subset (code-only logits inside an image),
+  gathered once and reused.
+
+The compiled decode step lives in `compiled_decoding.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# MKL's fp32 GEMM for x (M, in) @ W.T is slow for the few rows of a decode step (measured 7 GB/s for a
+# 65536 x 512 lm_head at M=2 on 2 AVX-512 cores); the same product as W @ x.T streams the weight at
+# ~42 GB/s. Single rows are padded to two (sgemv is as slow as the slow GEMM path).
+_SMALL_M_ROWS = 8
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, routed through `weight @ x.T` for fp32 CPU inference on at most 8 rows."""
+    rows = x.numel() // x.shape[-1] if x.numel() else 0
+    if (
+        0 < rows <= _SMALL_M_ROWS
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):
+        x2 = x.reshape(rows, x.shape[-1])
+        if rows == 1:
+            x2 = torch.cat([x2, x2])
+        y = (weight @ x2.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters and state-dict keys) with the fast small-batch CPU path of `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of `linears` along out_features; re-point them to views of it."""
+    weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears], dim=0)
+    start = 0
+    for lin in linears:
+        end = start + lin.out_features
+        lin.weight = nn.Parameter(weight[start:end], requires_grad=lin.weight.requires_grad)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias[start:end], requires_grad=lin.bias.requires_grad)
+        start = end
+    return weight, bias
+
+
+def fused_usable(first: torch.Tensor, fused: torch.Tensor) -> bool:
+    """Whether a fused projection still holds the layer's weights (inference only). A compiled forward
+    uses the separate projections: the data-pointer check cannot be traced, and the launches that
+    fusion saves are what compilation removes anyway."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    return first.data_ptr() == fused.data_ptr()
+
+
+class WeightRows:
+    """Rows `ids` of a weight, gathered once and reused while the ids and the weight are unchanged
+    (under autograd they are gathered every call, so gradients flow)."""
+
+    def __init__(self) -> None:
+        self._kept: tuple | None = None  # (ids, weight version, rows)
+
+    def get(self, weight: torch.Tensor, ids: torch.Tensor, on_new=None) -> torch.Tensor:
+        """(K, in) rows of `weight` for `ids` (K,); `on_new(rows)` runs when they are gathered anew."""
+        if torch.is_grad_enabled():
+            return weight.index_select(0, ids.to(weight.device))
+        version = (weight.data_ptr(), weight._version, weight.dtype)
+        kept = self._kept
+        if kept is None or kept[1] != version or not torch.equal(kept[0], ids.to(kept[0].device)):
+            ids = ids.to(weight.device)
+            self._kept = kept = (ids.clone(), version, weight.index_select(0, ids))
+            if on_new is not None:
+                on_new(kept[2])
+        return kept[2]
+
+    def clear(self) -> None:
+        self._kept = None
