@@ -156,6 +156,8 @@ class CompiledDecoder:
             scratch = cache_position.new_full((extra,), self.cache.max_seq_len - 1)
             cache_position = torch.cat([cache_position, scratch])
         device = tokens.device
+        if transformer._inv_freq is None or transformer._inv_freq.device != device:
+            transformer._rope(position_ids[:1, :1], torch.float32)  # set the RoPE table eagerly: graphs guard on it
         fn = self._function(device)
         graphs = self._mode(device) == "reduce-overhead"
         lm_rows = self._lm_rows.get(transformer.lm_head.weight, token_ids,
