@@ -101,19 +101,19 @@ def decode_step_bench(pipe: LuminaMGPTPipeline, device: str, rate: float, seq_le
     if pipe.compiled_decoder is None:
         pipe.enable_compiled_decoding()
     decoder = pipe.compiled_decoder  # the images reuse its graph and cache
-    decoder.attach_cache(tr, 2, seq_len, torch.device(device))
-    L = tr.kv_cache.max_seq_len
+    cache = decoder.attach_cache(tr, 2, seq_len, torch.device(device))
+    L = cache.max_seq_len
     kv_mask = torch.ones((2, L), dtype=torch.bool, device=device)
     prompt = torch.randint(0, 8000, (2, fill), device=device)
     with torch.inference_mode():
         tr(prompt, cache_position=torch.arange(fill, device=device), kv_mask=kv_mask, logits_to_keep=1,
-           logits_token_ids=codes)
+           logits_token_ids=codes, kv_cache=cache)
         tok = torch.randint(0, 8000, (2, 1), device=device)
         slot = [fill]
 
         def eager():
             c = torch.tensor([slot[0]], device=device)
-            tr(tok, cache_position=c, kv_mask=kv_mask, logits_token_ids=codes)
+            tr(tok, cache_position=c, kv_mask=kv_mask, logits_token_ids=codes, kv_cache=cache)
 
         def compiled():
             c = torch.tensor([slot[0]], device=device)
@@ -128,7 +128,7 @@ def decode_step_bench(pipe: LuminaMGPTPipeline, device: str, rate: float, seq_le
         out["compiled_ms"] = round(1000 * timed(device, compiled, steps), 3)
     layer_bytes = sum(p.numel() * p.element_size() for n, p in tr.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
     head_bytes = codes.numel() * tr.config.hidden_size * tr.lm_head.weight.element_size()
-    kv = tr.kv_cache
+    kv = cache
     kv_bytes = 2 * len(kv.keys) * 2 * kv.keys[0].shape[1] * kv.keys[0].shape[3] * kv.keys[0].element_size()  # per slot, 2 rows
     out["weight_bytes"] = layer_bytes + head_bytes
     out["floor_ms_weights"] = round(1000 * out["weight_bytes"] / (rate * 1e9), 3)
@@ -136,7 +136,6 @@ def decode_step_bench(pipe: LuminaMGPTPipeline, device: str, rate: float, seq_le
     out["compiled_x_floor_with_kv"] = round(out["compiled_ms"] / out["floor_ms_weights_and_kv_static"], 2)
     out["compiled_x_floor"] = round(out["compiled_ms"] / out["floor_ms_weights"], 2)
     out["eager_x_floor"] = round(out["eager_ms"] / out["floor_ms_weights"], 2)
-    tr.delete_cache()
     return out
 
 
@@ -145,8 +144,7 @@ def compile_window(pipe: LuminaMGPTPipeline, device: str, seq_len: int, window: 
     """Compile the decoder's graph for a `window`-token CFG step in the images' cache; returns seconds."""
     tr, decoder = pipe.transformer, pipe.compiled_decoder
     codes = torch.tensor(pipe.vocab.code_token_ids, device=device)
-    decoder.attach_cache(tr, 2, seq_len, torch.device(device))
-    L = tr.kv_cache.max_seq_len
+    L = decoder.attach_cache(tr, 2, seq_len, torch.device(device)).max_seq_len
     kv_mask = torch.ones((2, L), dtype=torch.bool, device=device)
     slots = torch.arange(window, device=device) + 8
     t = time.perf_counter()
@@ -154,7 +152,6 @@ def compile_window(pipe: LuminaMGPTPipeline, device: str, seq_len: int, window: 
         decoder(tr, torch.randint(0, 8000, (2, window), device=device), slots[None].repeat(2, 1), slots, kv_mask,
                 codes, min_window=min_window)
     sync(device)
-    tr.delete_cache()
     return round(time.perf_counter() - t, 1)
 
 

@@ -122,15 +122,11 @@ def test_decoder_needs_its_cache_and_valid_settings(pipe):
         decoder(tr, one, one, torch.zeros(1, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool), one[0])
     with pytest.raises(ValueError, match="seq_multiple"):
         CompiledDecoder(seq_multiple=0)
-    scratch = decoder.attach_cache(tr, 2, 300, torch.device("cpu"))
-    assert decoder.cache.max_seq_len == 512 and scratch == 511 and tr.kv_cache is decoder.cache
-    tr.delete_cache()
-    decoder.attach_cache(tr, 2, 290, torch.device("cpu"))  # fits: reused
-    assert tr.kv_cache is decoder.cache and decoder.cache.max_seq_len == 512
-    old = decoder.cache
-    decoder.attach_cache(tr, 4, 290, torch.device("cpu"))  # other rows: a new cache
-    assert decoder.cache is not old and decoder.cache.max_batch_size == 4
-    tr.delete_cache()
+    cache = decoder.attach_cache(tr, 2, 300, torch.device("cpu"))
+    assert cache is decoder.cache and cache.max_seq_len == 512 and tr.kv_cache is None  # the transformer holds none
+    assert decoder.attach_cache(tr, 2, 290, torch.device("cpu")) is cache  # fits: reused
+    other = decoder.attach_cache(tr, 4, 290, torch.device("cpu"))  # other rows: a new cache
+    assert other is not cache and other.max_batch_size == 4
     decoder.release()
     assert decoder.cache is None
 

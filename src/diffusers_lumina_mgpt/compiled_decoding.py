@@ -103,9 +103,10 @@ class CompiledDecoder:
         return fn
 
     # ------------------------------------------------------------------ cache
-    def attach_cache(self, transformer: LuminaMGPTTransformer, rows: int, seq_len: int, device: torch.device) -> int:
-        """Give `transformer` a cache for `rows` rows and at least `seq_len` real slots (plus the scratch
-        slot), reusing the last one when it fits; returns the scratch slot."""
+    def attach_cache(self, transformer: LuminaMGPTTransformer, rows: int, seq_len: int,
+                     device: torch.device) -> StaticKVCache:
+        """The decoder's cache for `rows` rows and at least `seq_len` real slots (plus one scratch slot
+        past them), the last one when it fits, else a new one."""
         dtype = transformer.lm_head.weight.dtype
         need = seq_len + 1
         c = self.cache
@@ -116,13 +117,13 @@ class CompiledDecoder:
         if not fits:
             self.cache = None  # free the old one first
             length = -(-need // self.seq_multiple) * self.seq_multiple
-            transformer.setup_cache(rows, length, dtype=dtype, device=device)
-            self.cache = transformer.kv_cache
+            attn = transformer.model.layers[0].self_attn
+            self.cache = StaticKVCache(transformer.config.num_hidden_layers, rows, attn.num_kv_heads, length,
+                                       transformer.head_dim, dtype, device)
             if self._mode(device) == "reduce-overhead":
                 for t in self.cache.keys + self.cache.values:
                     torch._dynamo.mark_static_address(t)  # CUDA graphs write it in place
-        transformer.kv_cache = self.cache
-        return self.cache.max_seq_len - 1
+        return self.cache
 
     def release(self) -> None:
         """Free the cache and the kept lm_head rows (the next call allocates them again and compiles for them)."""
@@ -145,8 +146,8 @@ class CompiledDecoder:
         A scheduler's windows are mostly of one size (AR: 1 or 2 tokens, Jacobi: the drafts plus the
         pending tokens), so passing that size as `min_window` leaves one graph to capture per scheduler.
         """
-        if transformer.kv_cache is not self.cache or self.cache is None:
-            raise RuntimeError("CompiledDecoder.attach_cache(...) must give the transformer its cache first.")
+        if self.cache is None:
+            raise RuntimeError("CompiledDecoder.attach_cache(...) must make the decoder's cache first.")
         rows, T = tokens.shape
         padded = _bucket(max(T, min_window)) if self._pads(tokens.device) else T
         if padded != T:

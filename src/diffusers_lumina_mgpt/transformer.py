@@ -355,6 +355,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         logits_to_keep: int = 0,
         logits_token_ids: torch.LongTensor | None = None,
         return_dict: bool = True,
+        kv_cache: StaticKVCache | None = None,
     ) -> LuminaMGPTTransformerOutput | tuple:
         """Logits (float32) for `input_ids` (B, T); see the module docstring for the cached / uncached modes.
 
@@ -364,12 +365,14 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         `kv_mask` (B, max_seq_len) bool says which slots each row may see.
         `logits_token_ids` (K,): return logits for these vocabulary entries only, (B, T', K), in that order
         (decoding inside an image needs the image codes alone: 8192 of 65536 lm_head rows).
+        `kv_cache`: a `StaticKVCache` to use instead of the one `setup_cache` made (a `DecodingSession`
+        passes its own).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
         batch, seq = input_ids.shape
         device = input_ids.device
-        cache = self.kv_cache
+        cache = self.kv_cache if kv_cache is None else kv_cache
         x = self.model.embed_tokens(input_ids)
         kv_len = 0
         is_causal = False

@@ -11,6 +11,7 @@ import torch
 from ..image_tokens import image_block_length
 from ..schedulers.sampling import RowRandom, logits_to_probs, sample_with_uniform
 from ..vocab import IMAGE_PLACEHOLDER
+from ..decoding_session import DecodingSession
 from .image_generation import decode_image_blocks
 
 
@@ -57,6 +58,7 @@ class TurnDecoder:
         self.images: list[torch.Tensor] = []
         self.pieces: list[str] = []
         self.finish_reason: str | None = None
+        self._session: DecodingSession | None = None  # the turn's KV cache, while it runs
         self.num_forward_passes = 0
         self._started = False
 
@@ -85,13 +87,10 @@ class TurnDecoder:
         return int(sample_with_uniform(probs.cpu(), self._random.uniform(1)[:, 0])[0])
 
     def _forward(self, ids: Sequence[int], start: int) -> torch.Tensor:
-        device = self.pipe._execution_device
-        slots = torch.arange(start, start + len(ids), device=device)
-        out = self.pipe.transformer(
-            torch.tensor([list(ids)], device=device), position_ids=slots[None], cache_position=slots, logits_to_keep=1
-        )
+        """Text: row 0 of the session's cache, `ids` at slots (and positions) from `start`; last logits (V,)."""
+        slots = torch.arange(start, start + len(ids))
         self.num_forward_passes += 1
-        return out.logits[0, -1]  # (V,)
+        return self._session.forward(torch.tensor([list(ids)]), slots, slots[None], keep=1)[0, -1]
 
     # ------------------------------------------------------------------ the loop
     def __iter__(self) -> Iterator[str]:
@@ -118,11 +117,8 @@ class TurnDecoder:
         # one cache for the whole turn, text and images: row 0 holds the conversation, row 1 an image's
         # unconditional context; nothing already read is read again
         guided = s.guidance_scale != 1.0
-        rows, slots = 1 + guided, limit + pipe.scheduler.num_drafts + 2
-        if pipe.compiled_decoder is None:
-            tr.setup_cache(max_batch_size=rows, max_seq_len=slots, device=pipe._execution_device)
-        else:
-            pipe.compiled_decoder.attach_cache(tr, rows, slots, torch.device(pipe._execution_device))
+        self._session = session = DecodingSession(tr, 1 + guided, limit + pipe.scheduler.num_drafts + 2,
+                                                  pipe._execution_device, pipe.compiled_decoder)
         n_cached = 0  # ctx[:n_cached] is in the cache
         try:
             while self.finish_reason is None:
@@ -175,7 +171,7 @@ class TurnDecoder:
                     tr, pipe.scheduler, [torch.tensor(ctx + header)], [torch.tensor(header)] if guided else None,
                     pipe.image_layout(h_lat, w_lat), s.guidance_scale, pad_id=v.pad_id, generator=self.generator,
                     sampling={"image_top_k": image_top_k, "temperature": self._temperature, "top_p": s.top_p},
-                    device=pipe._execution_device, decoder=pipe.compiled_decoder, cached_prefix=len(ctx),
+                    device=pipe._execution_device, session=session, cached_prefix=len(ctx),
                 )
                 n_cached = len(ctx) + len(header) + result.state.num_cached
                 self.num_forward_passes += result.num_forwards
@@ -188,7 +184,7 @@ class TurnDecoder:
                 if len(ctx) >= limit:
                     self.finish_reason = "max_positions"
         finally:
-            tr.delete_cache()
+            self._session = None  # frees the cache (a compiled decoder keeps its own)
             pipe.maybe_free_model_hooks()
 
     def _choose_header(self, ctx: list[int], image_top_k: int | None) -> list[int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..compiled_decoding import CompiledDecoder
+from ..decoding_session import DecodingSession
 from ..schedulers.image_decoding import ImageDecodeState, ImageLayout
 from ..schedulers.sampling import guided_logits
 
@@ -51,7 +52,8 @@ def decode_image_blocks(
     on_step: Callable[[int, ImageDecodeState], None] | None = None,
     device: torch.device | str | None = None,
     decoder: CompiledDecoder | None = None,
-    cached_prefix: int | None = None,
+    session: DecodingSession | None = None,
+    cached_prefix: int = 0,
     should_stop: Callable[[], bool] | None = None,
 ) -> ImageDecodeResult:
     """Generate the body of one image block per conditional prompt.
@@ -63,12 +65,12 @@ def decode_image_blocks(
     by its first value. With a `decoder` (`pipe.enable_compiled_decoding()`), the forwards after the
     prefill run through it, in the cache it owns.
 
-    `cached_prefix=None`: the call sets up a cache and frees it when done. An int: the transformer's
-    cache is the caller's (a chat turn continuing one cache across its text and images); it is kept,
-    and its first `cached_prefix` slots already hold the single conditional prompt's first tokens, so
-    the prefill feeds only the rest (the unconditional rows must lie wholly after them).
-    `result.state.num_cached` then says how many body tokens the cache holds after the prompt.
-    `should_stop`, read after every step, ends decoding early; undecided body tokens stay -1.
+    `session=None`: the call opens its own `DecodingSession`. A session: the caller's (a chat turn
+    continuing one cache across its text and images), whose first `cached_prefix` slots already hold
+    the single conditional prompt's first tokens, so the prefill feeds only the rest (the
+    unconditional rows must lie wholly after them). `result.state.num_cached` then says how many body
+    tokens the cache holds after the prompt. `should_stop`, read after every step, ends decoding early;
+    undecided body tokens stay -1.
     """
     scale = guidance_scale if callable(guidance_scale) else (lambda: guidance_scale)
     use_cfg = uncond_prompts is not None and scale() != 1.0
@@ -77,8 +79,7 @@ def decode_image_blocks(
     device = transformer.device if device is None else torch.device(device)
     prefix = max(len(r) for r in rows)
     L = layout.length
-    max_window = L + scheduler.num_drafts + 1
-    total = prefix + max_window
+    total = prefix + L + scheduler.num_drafts + 1  # slots: the prompt, the body, a window's drafts past it
     limit = transformer.config.max_position_embeddings
     longest = prefix + L
     if longest > limit:
@@ -86,68 +87,52 @@ def decode_image_blocks(
             f"prompt ({longest - L} tokens) plus image block ({L} tokens) needs {longest} positions but the "
             f"transformer has max_position_embeddings={limit}; use a smaller image or a shorter prompt"
         )
-
-    reuse = cached_prefix is not None
-    if reuse:
-        cache = transformer.kv_cache
+    if session is None:
+        if cached_prefix:
+            raise ValueError("cached_prefix counts slots of a caller's session: pass session= too")
+        session = DecodingSession(transformer, len(rows), total, device, decoder)
+    else:
         shortest_uncond = min((len(r) for r in rows[n:]), default=1)  # at least one token is fed
         if n != 1 or len(rows[0]) != prefix or not 0 <= cached_prefix <= prefix - shortest_uncond:
             raise ValueError(
                 f"cached_prefix={cached_prefix} needs one conditional prompt, the longest row, whose first "
                 "cached_prefix tokens are cached, and unconditional rows that lie wholly after them"
             )
-        if cache is None or cache.max_batch_size < len(rows) or cache.max_seq_len < total:
-            raise ValueError(f"cached_prefix needs a KV cache set up with >= {len(rows)} rows and >= {total} slots")
-        if decoder is not None and decoder.cache is not cache:
-            raise ValueError("with a compiled decoder, the reused cache must be the decoder's (decoder.attach_cache)")
+        if session.rows < len(rows) or session.slots < total:
+            raise ValueError(f"the session's cache needs >= {len(rows)} rows and >= {total} slots, "
+                             f"it has {session.rows} and {session.slots}")
     ids, real = _left_pad(rows, pad_id, prefix)
     lengths = real.sum(1)  # (R,) prompt length of each row = RoPE position of body position 0
     positions = (real.cumsum(1) - 1).clamp_min(0)
-    if not reuse and decoder is None:
-        transformer.setup_cache(max_batch_size=len(rows), max_seq_len=total, device=device)
-    elif not reuse:
-        decoder.attach_cache(transformer, len(rows), total, device)
-    kv_mask = torch.ones((len(rows), transformer.kv_cache.max_seq_len), dtype=torch.bool)
+    kv_mask = torch.ones((len(rows), session.slots), dtype=torch.bool)
     kv_mask[:, :prefix] = real
-    kv_mask_d = kv_mask.to(device)
-    code_ids = layout.code_token_ids.to(device)
-
+    kv_mask = kv_mask.to(device)
+    code_ids = layout.code_token_ids.to(device)  # only codes are possible inside an image
     # compiled windows on CUDA are padded to one size per scheduler, so each captures one graph: AR windows
     # hold 1 token or 2 (a row's last code and the forced NEWLINE), Jacobi ones the drafts and a pending
     # token. (A 1-token AR graph stepped faster alone, 6.4 against 8.1 ms at 7B on an H200, but a whole
     # image switching between 1- and 2-token graphs took 23.2 s against 19.3 s with the padded one.)
     window = scheduler.num_drafts + 2
 
-    def run(tokens: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, keep: int) -> torch.Tensor:
-        tokens, pos, slots = tokens.to(device), pos.to(device), slots.to(device)
-        if decoder is not None and keep == 0:
-            logits = decoder(transformer, tokens, pos, slots, kv_mask_d, code_ids, min_window=window)
-        else:
-            logits = transformer(
-                tokens, position_ids=pos, cache_position=slots, kv_mask=kv_mask_d,
-                logits_to_keep=keep, logits_token_ids=code_ids,  # only codes are possible inside an image
-            ).logits  # (R, T, C) float32
+    def guide(logits: torch.Tensor) -> torch.Tensor:  # (R, T, C) -> (N, T, C)
         return guided_logits(logits[:n], logits[n:] if use_cfg else None, scale())
 
-    try:
-        state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
-        done = cached_prefix or 0
-        out = scheduler.step(state, run(ids[:, done:], torch.arange(done, prefix), positions[:, done:], keep=1))
-        step = 0
+    state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
+    done = cached_prefix
+    out = scheduler.step(state, guide(session.forward(ids[:, done:], torch.arange(done, prefix), positions[:, done:],
+                                                      kv_mask, code_ids, keep=1)))
+    step = 0
+    if on_step is not None:
+        on_step(step, state)
+    while not out.finished and not (should_stop is not None and should_stop()):
+        tokens = scheduler.window(state)  # (N, T)
+        T = tokens.shape[1]
+        start = state.window_start
+        slots = prefix + start + torch.arange(T)
+        pos = lengths[:, None] + start + torch.arange(T)[None, :]
+        row_tokens = torch.cat([tokens, tokens]) if use_cfg else tokens
+        out = scheduler.step(state, guide(session.window(row_tokens, slots, pos, kv_mask, code_ids, window)))
+        step += 1
         if on_step is not None:
             on_step(step, state)
-        while not out.finished and not (should_stop is not None and should_stop()):
-            tokens = scheduler.window(state)  # (N, T)
-            T = tokens.shape[1]
-            start = state.window_start
-            slots = prefix + start + torch.arange(T)
-            pos = lengths[:, None] + start + torch.arange(T)[None, :]
-            row_tokens = torch.cat([tokens, tokens]) if use_cfg else tokens
-            out = scheduler.step(state, run(row_tokens, slots, pos, keep=0))
-            step += 1
-            if on_step is not None:
-                on_step(step, state)
-    finally:
-        if not reuse:
-            transformer.delete_cache()
     return ImageDecodeResult(state.body.clone(), state.num_forwards, state)
