@@ -335,8 +335,9 @@ def test_geneval_export_layout(tiny_pipe_dir, sd_dir, tmp_path, capsys):
     # sample k uses seed + k whatever the batch size
     assert export_geneval(meta, tiny_pipe_dir, tmp_path / "b1", n_samples=3, height=32, width=32, batch_size=1,
                           progress=False) == 6
-    for p in out.glob("*/samples/*.png"):
-        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp_path / "b1" / p.relative_to(out))))
+    for p in out.glob("*/samples/*.png"):  # the same tokens; a batched VQ decode may round a pixel the other way
+        a, b = (np.asarray(Image.open(q)).astype(int) for q in (p, tmp_path / "b1" / p.relative_to(out)))
+        assert np.abs(a - b).max() <= 1
     assert main(["eval", "geneval-export", "--metadata", str(meta), "--model", str(sd_dir), "--out", str(tmp_path / "sd"),
                  "--n-samples", "2", "--height", "32", "--width", "32", "--batch-size", "2",
                  "--num-inference-steps", "2", "--no-progress"]) == 0
