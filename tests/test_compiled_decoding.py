@@ -69,7 +69,7 @@ def test_compiled_decoding_reproduces_lumina_mgpt_tokens(t2i, case, scheduler):
     """Inductor-compiled steps give Lumina-mGPT's own greedy tokens; later calls compile nothing new."""
     pipe = t2i
     use(pipe, scheduler)
-    pipe.enable_compiled_decoding()
+    pipe.enable_compiled_decoding(cpu_max_window=None)  # compile Jacobi's windows too (eager on a CPU by default)
     try:
         kw = dict(height=case["height"], width=case["width"], guidance_scale=case["guidance_scale"],
                   image_top_k=case["image_top_k"], output_type="tokens")
@@ -104,7 +104,7 @@ def test_compiled_edit_and_chat_equal_eager(pipe, scheduler):
         return edit, answer.tokens
 
     eager = both()
-    pipe.enable_compiled_decoding(backend="eager")  # the static path without a compiler: fast to check
+    pipe.enable_compiled_decoding(backend="eager", cpu_max_window=None)  # the static path, no compiler: fast
     try:
         compiled = both()
         assert pipe.compiled_decoder.num_compiled_calls > 0
@@ -138,3 +138,20 @@ def test_text_to_image_pipeline_has_the_switch(tiny_pipe_dir):
     assert isinstance(p.compiled_decoder, CompiledDecoder) and p.compiled_decoder.seq_multiple == 64
     p.disable_compiled_decoding()
     assert p.compiled_decoder is None
+
+
+def test_cpu_keeps_long_windows_eager(t2i):
+    """By default a CPU compiles AR's 1-2 token windows only; Jacobi's windows run eagerly (faster there)."""
+    use(t2i, "jacobi")
+    t2i.enable_compiled_decoding(backend="eager")
+    try:
+        kw = dict(height=64, width=64, guidance_scale=3.0, image_top_k=1, output_type="tokens")
+        out = t2i("a red circle", **kw)
+        jacobi_calls = t2i.compiled_decoder.num_compiled_calls
+        assert jacobi_calls < out.num_forward_passes - 1
+        use(t2i, "ar")
+        ar = t2i("a red circle", **kw)
+        assert torch.equal(ar.tokens, out.tokens)  # greedy: both schedulers agree
+        assert t2i.compiled_decoder.num_compiled_calls - jacobi_calls == ar.num_forward_passes - 1  # all but prefill
+    finally:
+        t2i.disable_compiled_decoding()

@@ -56,8 +56,12 @@ class DecodingSession:
 
     def window(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, kv_mask: torch.Tensor,
                token_ids: torch.Tensor, min_window: int = 1) -> torch.Tensor:
-        """A decode window's logits over `token_ids` (R, T, K): through the compiled step when there is one."""
-        if self.decoder is None:
+        """A decode window's logits over `token_ids` (R, T, K): through the compiled step when there is one.
+
+        On a CPU, windows longer than the decoder's `cpu_max_window` run eagerly (see `CompiledDecoder`).
+        """
+        d = self.decoder
+        if d is None or (self.device.type == "cpu" and d.cpu_max_window is not None and tokens.shape[1] > d.cpu_max_window):
             return self.forward(tokens, slots, positions, kv_mask, token_ids)
         self.num_forwards += 1
         d = self.device
