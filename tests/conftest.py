@@ -39,6 +39,17 @@ def tiny_pipe_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe_dir):
+    """A `LuminaMGPTEditPipeline` (text-to-image, editing and chat) on the tiny fixture, one per test module
+    (modules swap its scheduler); a module may define its own `pipe`."""
+    from diffusers_lumina_mgpt.pipelines import LuminaMGPTEditPipeline
+
+    p = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
 def naive_greedy_cfg(pipe, cond, uncond, h_lat: int, w_lat: int, guidance_scale: float) -> list[int]:
     """Reference decoding: two explicit full forwards per token (cond, then uncond context), no cache.
 

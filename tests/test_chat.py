@@ -14,13 +14,6 @@ from test_pipeline_edit import BOI, BOS, EOT, block_of, enc, naive_greedy_edit
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_pipe_dir):
-    p = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def img():
     return Image.fromarray((np.random.RandomState(2).rand(60, 60, 3) * 255).astype("uint8"))
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from diffusers_lumina_mgpt.compiled_decoding import CompiledDecoder, static_decode_forward
-from diffusers_lumina_mgpt.pipelines import LuminaMGPTEditPipeline, LuminaMGPTPipeline
+from diffusers_lumina_mgpt.pipelines import LuminaMGPTPipeline
 from diffusers_lumina_mgpt.schedulers import LuminaMGPTARScheduler, LuminaMGPTJacobiScheduler
 from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer
 
@@ -17,13 +17,6 @@ from conftest import FIXTURE
 from test_chat import Recorder
 
 REFERENCE = json.loads((FIXTURE / "lumina_reference.json").read_text())["cases"]
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_pipe_dir):
-    p = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,6 @@ def grid(n: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_pipe_dir):
-    p = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def wide():  # 90x50 -> bucket 64x32 (w x h) at default_size 64
     return Image.fromarray((np.random.RandomState(0).rand(50, 90, 3) * 255).astype("uint8"))
 
