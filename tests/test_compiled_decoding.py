@@ -111,15 +111,20 @@ def test_decoder_needs_its_cache_and_valid_settings(pipe):
     decoder = CompiledDecoder(backend="eager")
     tr = pipe.transformer
     one = torch.zeros((1, 1), dtype=torch.long)
-    with pytest.raises(RuntimeError, match="attach_cache"):
+    with pytest.raises(RuntimeError, match="needs a cache"):
         decoder(tr, one, one, torch.zeros(1, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool), one[0])
     with pytest.raises(ValueError, match="seq_multiple"):
         CompiledDecoder(seq_multiple=0)
     cache = decoder.attach_cache(tr, 2, 300, torch.device("cpu"))
     assert cache is decoder.cache and cache.max_seq_len == 512 and tr.kv_cache is None  # the transformer holds none
-    assert decoder.attach_cache(tr, 2, 290, torch.device("cpu")) is cache  # fits: reused
-    other = decoder.attach_cache(tr, 4, 290, torch.device("cpu"))  # other rows: a new cache
-    assert other is not cache and other.max_batch_size == 4
+    lent = decoder.attach_cache(tr, 2, 290, torch.device("cpu"))  # lent out: another cache, not kept
+    assert lent is not cache and decoder.cache is cache
+    decoder.return_cache(lent)  # not the kept one: changes nothing
+    decoder.return_cache(cache)
+    assert decoder.attach_cache(tr, 2, 290, torch.device("cpu")) is cache  # free and it fits: reused
+    decoder.return_cache(cache)
+    other = decoder.attach_cache(tr, 4, 290, torch.device("cpu"))  # other rows: a new kept cache
+    assert other is not cache and other.max_batch_size == 4 and decoder.cache is other
     decoder.release()
     assert decoder.cache is None
 
@@ -148,3 +153,51 @@ def test_cpu_keeps_long_windows_eager(t2i):
         assert t2i.compiled_decoder.num_compiled_calls - jacobi_calls == ar.num_forward_passes - 1  # all but prefill
     finally:
         t2i.disable_compiled_decoding()
+
+
+def test_a_streaming_chat_keeps_its_cache_while_other_calls_run(pipe):
+    """A live session holds the decoder's cache; a call made meanwhile decodes in another cache."""
+    use(pipe, "ar")
+    image = Image.fromarray((np.random.RandomState(0).rand(50, 90, 3) * 255).astype("uint8"))
+    kw = dict(images=[image], text_top_k=1, image_top_k=1, guidance_scale=2.0, output_type="pt", height=32, width=32)
+
+    def answer(interleave: bool):
+        with Recorder(pipe, boi_at=2) as rec:  # steers the chat's forwards: text, text, an image, the end
+            stream = pipe.chat("Draw it.", stream=True, **kw)
+            for _ in stream:
+                if interleave:  # an edit between two pieces, unseen by the recorder
+                    for h in rec.handles:
+                        h.remove()
+                    pipe(image, "make it red", guidance_scale=3.0, image_top_k=1, output_type="tokens")
+                    rec.handles = [pipe.transformer.register_forward_pre_hook(rec._pre, with_kwargs=True),
+                                   pipe.transformer.register_forward_hook(rec._post)]
+        return stream.result.tokens
+
+    pipe.enable_compiled_decoding(backend="eager")
+    try:
+        alone = answer(False)
+        assert torch.equal(answer(True), alone)
+        assert not pipe.compiled_decoder._lent  # every session gave the cache back
+    finally:
+        pipe.disable_compiled_decoding()
+
+
+def test_caches_and_kept_rows_work_in_any_autograd_mode():
+    from diffusers_lumina_mgpt.fast_linear import WeightRows
+    from diffusers_lumina_mgpt.kv_cache import StaticKVCache
+
+    with torch.inference_mode():  # made by an image call...
+        cache = StaticKVCache(1, 1, 1, 4, 2, torch.float32, "cpu")
+    with torch.no_grad():  # ...written by a chat turn's text forward
+        cache.update(0, torch.tensor([0]), torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), 1)
+    rows, ids = WeightRows(), torch.tensor([2, 0])
+    with torch.inference_mode():
+        weight = torch.arange(12.0).view(4, 3)  # an inference tensor (a model moved under inference_mode)
+        assert torch.equal(rows.get(weight, ids), weight[[2, 0]])
+        other = weight + 1  # another model's weight: new rows even if it reused the address
+        assert torch.equal(rows.get(other, ids), other[[2, 0]])
+    with torch.no_grad():
+        w = torch.zeros(4, 3)
+        first = rows.get(w, ids)
+        w[2] = 5.0  # changed in place: gathered again
+        assert torch.equal(rows.get(w, ids), w[[2, 0]]) and not torch.equal(first, w[[2, 0]])

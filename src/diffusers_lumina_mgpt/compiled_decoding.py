@@ -78,7 +78,8 @@ class CompiledDecoder:
             raise ValueError(f"seq_multiple must be >= 1, got {seq_multiple}")
         self.mode, self.backend, self.fullgraph, self.seq_multiple = mode, backend, fullgraph, seq_multiple
         self.cpu_max_window = cpu_max_window
-        self.cache: StaticKVCache | None = None
+        self.cache: StaticKVCache | None = None  # kept across calls, lent to one session at a time
+        self._lent = False
         self._compiled: dict[str, object] = {}  # device type -> compiled function
         # the lm_head rows of the image codes at one address: a CUDA graph copies any other input into its
         # own buffer on every replay (64 MB per 7B step for these)
@@ -109,10 +110,16 @@ class CompiledDecoder:
     # ------------------------------------------------------------------ cache
     def attach_cache(self, transformer: LuminaMGPTTransformer, rows: int, seq_len: int,
                      device: torch.device) -> StaticKVCache:
-        """The decoder's cache for `rows` rows and at least `seq_len` real slots (plus one scratch slot
-        past them), the last one when it fits, else a new one."""
+        """A cache for `rows` rows and at least `seq_len` real slots (plus one scratch slot past them),
+        lent until `return_cache`: the kept one when it fits and no one holds it, else a new one (kept
+        when the kept one is free, so later calls reuse it and its graphs)."""
         dtype = transformer.lm_head.weight.dtype
         need = seq_len + 1
+        length = -(-need // self.seq_multiple) * self.seq_multiple
+        attn = transformer.model.layers[0].self_attn
+        if self._lent:  # a live session (a streaming chat turn, say) holds the kept cache: use another
+            return StaticKVCache(transformer.config.num_hidden_layers, rows, attn.num_kv_heads, length,
+                                 transformer.head_dim, dtype, device)
         c = self.cache
         fits = (c is not None and c.max_batch_size == rows and need <= c.max_seq_len <= 2 * need + self.seq_multiple
                 and c.dtype == dtype and c.device == device and c.keys and len(c.keys) == transformer.config.num_hidden_layers
@@ -120,18 +127,23 @@ class CompiledDecoder:
                 and c.keys[0].shape[3] == transformer.head_dim)
         if not fits:
             self.cache = None  # free the old one first
-            length = -(-need // self.seq_multiple) * self.seq_multiple
-            attn = transformer.model.layers[0].self_attn
             self.cache = StaticKVCache(transformer.config.num_hidden_layers, rows, attn.num_kv_heads, length,
                                        transformer.head_dim, dtype, device)
             if self._mode(device) == "reduce-overhead":
                 for t in self.cache.keys + self.cache.values:
                     torch._dynamo.mark_static_address(t)  # CUDA graphs write it in place
+        self._lent = True
         return self.cache
+
+    def return_cache(self, cache: StaticKVCache) -> None:
+        """A session is done with `cache` (from `attach_cache`)."""
+        if cache is self.cache:
+            self._lent = False
 
     def release(self) -> None:
         """Free the cache and the kept lm_head rows (the next call allocates them again and compiles for them)."""
         self.cache = None
+        self._lent = False
         self._lm_rows.clear()
 
     # ------------------------------------------------------------------ forward
@@ -144,21 +156,23 @@ class CompiledDecoder:
         kv_mask: torch.Tensor,  # (R, cache length)
         token_ids: torch.Tensor,  # (K,)
         min_window: int = 1,
+        cache: StaticKVCache | None = None,
     ) -> torch.Tensor:
         """Logits (R, T, K) of one cached window; on CUDA computed at the power of two >= max(T, min_window).
 
         A scheduler's windows are mostly of one size (AR: 1 or 2 tokens, Jacobi: the drafts plus the
         pending tokens), so passing that size as `min_window` leaves one graph to capture per scheduler.
         """
-        if self.cache is None:
-            raise RuntimeError("CompiledDecoder.attach_cache(...) must make the decoder's cache first.")
+        cache = self.cache if cache is None else cache
+        if cache is None:
+            raise RuntimeError("CompiledDecoder needs a cache: pass the one attach_cache(...) returned.")
         rows, T = tokens.shape
         padded = _bucket(max(T, min_window)) if self._pads(tokens.device) else T
         if padded != T:
             extra = padded - T
             tokens = torch.cat([tokens, tokens[:, -1:].expand(rows, extra)], dim=1)
             position_ids = torch.cat([position_ids, position_ids[:, -1:].expand(rows, extra)], dim=1)
-            scratch = cache_position.new_full((extra,), self.cache.max_seq_len - 1)
+            scratch = cache_position.new_full((extra,), cache.max_seq_len - 1)
             cache_position = torch.cat([cache_position, scratch])
         device = tokens.device
         if transformer._inv_freq is None or transformer._inv_freq.device != device:
@@ -170,7 +184,7 @@ class CompiledDecoder:
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            logits = fn(transformer, self.cache, tokens, position_ids, cache_position, kv_mask, lm_rows)
+            logits = fn(transformer, cache, tokens, position_ids, cache_position, kv_mask, lm_rows)
         self.num_compiled_calls += 1
         logits = logits[:, :T]
         return logits.clone() if graphs else logits  # a CUDA graph's output is overwritten by its next replay

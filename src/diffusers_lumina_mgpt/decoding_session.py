@@ -66,4 +66,10 @@ class DecodingSession:
         self.num_forwards += 1
         d = self.device
         return self.decoder(self.transformer, tokens.to(d), positions.to(d), slots.to(d), kv_mask, token_ids,
-                            min_window=min_window)
+                            min_window=min_window, cache=self.cache)
+
+    def close(self) -> None:
+        """Done: give a compiled decoder's cache back (the session's own cache is freed with it)."""
+        if self.decoder is not None and self.cache is not None:
+            self.decoder.return_cache(self.cache)
+        self.cache = None

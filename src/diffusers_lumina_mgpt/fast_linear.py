@@ -12,6 +12,8 @@ The compiled decode step lives in `compiled_decoding.py`.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,20 +77,23 @@ class WeightRows:
     (under autograd they are gathered every call, so gradients flow)."""
 
     def __init__(self) -> None:
-        self._kept: tuple | None = None  # (ids, weight version, rows)
+        self._kept: tuple | None = None  # (weakref to the weight, ids, weight version, rows)
 
     def get(self, weight: torch.Tensor, ids: torch.Tensor, on_new=None) -> torch.Tensor:
         """(K, in) rows of `weight` for `ids` (K,); `on_new(rows)` runs when they are gathered anew."""
         if torch.is_grad_enabled():
             return weight.index_select(0, ids.to(weight.device))
-        version = (weight.data_ptr(), weight._version, weight.dtype)
+        # the same tensor object (another model's weight may reuse a freed address), unchanged since
+        # (inference tensors have no version counter; they cannot be modified in place outside inference mode)
+        version = (weight.data_ptr(), weight.dtype, None if weight.is_inference() else weight._version)
         kept = self._kept
-        if kept is None or kept[1] != version or not torch.equal(kept[0], ids.to(kept[0].device)):
+        if (kept is None or kept[0]() is not weight or kept[2] != version
+                or not torch.equal(kept[1], ids.to(kept[1].device))):
             ids = ids.to(weight.device)
-            self._kept = kept = (ids.clone(), version, weight.index_select(0, ids))
+            self._kept = kept = (weakref.ref(weight), ids.clone(), version, weight.index_select(0, ids))
             if on_new is not None:
-                on_new(kept[2])
-        return kept[2]
+                on_new(kept[3])
+        return kept[3]
 
     def clear(self) -> None:
         self._kept = None

@@ -36,8 +36,11 @@ class StaticKVCache:
                 f"setup_cache needs max_batch_size >= 1 and max_seq_len >= 1, got {max_batch_size} and {max_seq_len}."
             )
         shape = (max_batch_size, num_kv_heads, max_seq_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # normal tensors even under inference_mode: a cache made by an image call (inference mode) is
+        # written by a chat turn's text forwards (no_grad) when a compiled decoder lends it to both
+        with torch.inference_mode(False):
+            self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+            self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
         self.dtype = dtype

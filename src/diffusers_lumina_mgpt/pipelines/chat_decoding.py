@@ -184,7 +184,8 @@ class TurnDecoder:
                 if len(ctx) >= limit:
                     self.finish_reason = "max_positions"
         finally:
-            self._session = None  # frees the cache (a compiled decoder keeps its own)
+            session.close()  # a compiled decoder's cache goes back to it; our own is freed
+            self._session = None
             pipe.maybe_free_model_hooks()
 
     def _choose_header(self, ctx: list[int], image_top_k: int | None) -> list[int]:

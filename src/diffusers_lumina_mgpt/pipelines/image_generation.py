@@ -87,10 +87,11 @@ def decode_image_blocks(
             f"prompt ({longest - L} tokens) plus image block ({L} tokens) needs {longest} positions but the "
             f"transformer has max_position_embeddings={limit}; use a smaller image or a shorter prompt"
         )
+    opened = None
     if session is None:
         if cached_prefix:
             raise ValueError("cached_prefix counts slots of a caller's session: pass session= too")
-        session = DecodingSession(transformer, len(rows), total, device, decoder)
+        session = opened = DecodingSession(transformer, len(rows), total, device, decoder)
     else:
         shortest_uncond = min((len(r) for r in rows[n:]), default=1)  # at least one token is fed
         if n != 1 or len(rows[0]) != prefix or not 0 <= cached_prefix <= prefix - shortest_uncond:
@@ -101,38 +102,42 @@ def decode_image_blocks(
         if session.rows < len(rows) or session.slots < total:
             raise ValueError(f"the session's cache needs >= {len(rows)} rows and >= {total} slots, "
                              f"it has {session.rows} and {session.slots}")
-    ids, real = _left_pad(rows, pad_id, prefix)
-    lengths = real.sum(1)  # (R,) prompt length of each row = RoPE position of body position 0
-    positions = (real.cumsum(1) - 1).clamp_min(0)
-    kv_mask = torch.ones((len(rows), session.slots), dtype=torch.bool)
-    kv_mask[:, :prefix] = real
-    kv_mask = kv_mask.to(device)
-    code_ids = layout.code_token_ids.to(device)  # only codes are possible inside an image
-    # compiled windows on CUDA are padded to one size per scheduler, so each captures one graph: AR windows
-    # hold 1 token or 2 (a row's last code and the forced NEWLINE), Jacobi ones the drafts and a pending
-    # token. (A 1-token AR graph stepped faster alone, 6.4 against 8.1 ms at 7B on an H200, but a whole
-    # image switching between 1- and 2-token graphs took 23.2 s against 19.3 s with the padded one.)
-    window = scheduler.num_drafts + 2
+    try:
+        ids, real = _left_pad(rows, pad_id, prefix)
+        lengths = real.sum(1)  # (R,) prompt length of each row = RoPE position of body position 0
+        positions = (real.cumsum(1) - 1).clamp_min(0)
+        kv_mask = torch.ones((len(rows), session.slots), dtype=torch.bool)
+        kv_mask[:, :prefix] = real
+        kv_mask = kv_mask.to(device)
+        code_ids = layout.code_token_ids.to(device)  # only codes are possible inside an image
+        # compiled windows on CUDA are padded to one size per scheduler, so each captures one graph: AR windows
+        # hold 1 token or 2 (a row's last code and the forced NEWLINE), Jacobi ones the drafts and a pending
+        # token. (A 1-token AR graph stepped faster alone, 6.4 against 8.1 ms at 7B on an H200, but a whole
+        # image switching between 1- and 2-token graphs took 23.2 s against 19.3 s with the padded one.)
+        window = scheduler.num_drafts + 2
 
-    def guide(logits: torch.Tensor) -> torch.Tensor:  # (R, T, C) -> (N, T, C)
-        return guided_logits(logits[:n], logits[n:] if use_cfg else None, scale())
+        def guide(logits: torch.Tensor) -> torch.Tensor:  # (R, T, C) -> (N, T, C)
+            return guided_logits(logits[:n], logits[n:] if use_cfg else None, scale())
 
-    state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
-    done = cached_prefix
-    out = scheduler.step(state, guide(session.forward(ids[:, done:], torch.arange(done, prefix), positions[:, done:],
-                                                      kv_mask, code_ids, keep=1)))
-    step = 0
-    if on_step is not None:
-        on_step(step, state)
-    while not out.finished and not (should_stop is not None and should_stop()):
-        tokens = scheduler.window(state)  # (N, T)
-        T = tokens.shape[1]
-        start = state.window_start
-        slots = prefix + start + torch.arange(T)
-        pos = lengths[:, None] + start + torch.arange(T)[None, :]
-        row_tokens = torch.cat([tokens, tokens]) if use_cfg else tokens
-        out = scheduler.step(state, guide(session.window(row_tokens, slots, pos, kv_mask, code_ids, window)))
-        step += 1
+        state = scheduler.begin(layout, n, generator=generator, **(sampling or {}))
+        done = cached_prefix
+        out = scheduler.step(state, guide(session.forward(ids[:, done:], torch.arange(done, prefix), positions[:, done:],
+                                                          kv_mask, code_ids, keep=1)))
+        step = 0
         if on_step is not None:
             on_step(step, state)
+        while not out.finished and not (should_stop is not None and should_stop()):
+            tokens = scheduler.window(state)  # (N, T)
+            T = tokens.shape[1]
+            start = state.window_start
+            slots = prefix + start + torch.arange(T)
+            pos = lengths[:, None] + start + torch.arange(T)[None, :]
+            row_tokens = torch.cat([tokens, tokens]) if use_cfg else tokens
+            out = scheduler.step(state, guide(session.window(row_tokens, slots, pos, kv_mask, code_ids, window)))
+            step += 1
+            if on_step is not None:
+                on_step(step, state)
+    finally:
+        if opened is not None:
+            opened.close()
     return ImageDecodeResult(state.body.clone(), state.num_forwards, state)
