@@ -186,6 +186,12 @@ def test_generate_cli_writes_png_with_settings(pipe_dir, tmp_path, capsys):
     image = Image.open(out)
     settings = json.loads(image.text["lumina-mgpt"])
     assert image.size == (64, 32) and settings["seed"] == 3 and settings["scheduler"] == "jacobi"
+    assert not settings["compiled"]
+    compiled = tmp_path / "compiled.png"  # AR, compiled decoding: the same image as eager decoding (greedy)
+    args = ["generate", "a red circle", "--model", str(pipe_dir), "--height", "32", "--width", "64", "--image-top-k", "1"]
+    assert cli([*args, "-o", str(out)]) == 0 and cli([*args, "--compile", "-o", str(compiled)]) == 0
+    assert json.loads(Image.open(compiled).text["lumina-mgpt"])["compiled"]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(compiled)))
     assert cli(["generate", "x", "--model", str(tmp_path), "-o", str(out)]) == 2
     assert "model_index.json" in capsys.readouterr().err
 
