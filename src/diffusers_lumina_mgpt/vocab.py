@@ -183,6 +183,13 @@ class LuminaVocab:
         the header is built)."""
         return [self.boi_id, self.grid_token(h_grid), self.grid_token(w_grid)]
 
+    def image_layout(self, h_lat: int, w_lat: int):
+        """The `ImageLayout` of an `h_lat x w_lat` (latent) image block: where NEWLINE and EOI go, and this
+        vocabulary's code <-> token tables (the one place they are built)."""
+        from .schedulers.image_decoding import ImageLayout
+
+        return ImageLayout(h_lat, w_lat, self.newline_id, self.eoi_id, self._code_ids, token_table=self._token_to_code)
+
     def grid_value(self, token_id: int) -> int | None:
         """The grid count a token stands for, or None if it is not a grid token."""
         return self._grid_lookup.get(int(token_id))

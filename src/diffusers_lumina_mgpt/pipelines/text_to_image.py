@@ -201,8 +201,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         return self._image_processor
 
     def image_layout(self, h_lat: int, w_lat: int) -> ImageLayout:
-        v = self.vocab
-        return ImageLayout(h_lat, w_lat, v.newline_id, v.eoi_id, torch.tensor(v.code_token_ids, dtype=torch.long))
+        return self.vocab.image_layout(h_lat, w_lat)
 
     def image_header(self, height: int, width: int) -> torch.Tensor:
         """`BOI, H_grid, W_grid` for an image of `height x width` pixels."""

@@ -29,7 +29,7 @@ each token follows exactly the distribution plain sampling would give.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -53,6 +53,8 @@ class ImageLayout:
     newline_id: int
     eoi_id: int
     code_token_ids: torch.Tensor  # (C,) token id of each code
+    # token id -> code (-1 for other tokens), the vocabulary's own table when built by `LuminaVocab.image_layout`
+    token_table: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -71,7 +73,9 @@ class ImageLayout:
 
     @cached_property
     def token_to_code(self) -> torch.Tensor:
-        """(max code token id + 1,) code index of each token id, -1 for tokens that are not codes."""
+        """Code index of each token id, -1 for tokens that are not codes (at least max code token id + 1 long)."""
+        if self.token_table is not None:
+            return self.token_table
         lookup = torch.full((int(self.code_token_ids.max()) + 1,), -1, dtype=torch.long)
         lookup[self.code_token_ids.cpu()] = torch.arange(self.num_codes)
         return lookup
