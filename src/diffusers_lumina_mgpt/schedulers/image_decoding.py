@@ -275,50 +275,67 @@ class ImageDecodingMixin:
 
     # ----------------------------------------------------------------------------------------
     def window(self, state: ImageDecodeState) -> torch.Tensor:
-        """Token ids (B, T) to feed next, for body positions [num_cached, num_cached + T)."""
+        """Token ids (B, T) to feed next, for body positions [num_cached, num_cached + T).
+
+        Tensor work over rows and positions: final tokens are copied, forced ones placed, and every other
+        position drafted with its row's uniform `draws[b, w]`: from the distribution the last forward gave
+        it (the Jacobi update), else the code above it (`draft_init="spatial"`), else a uniform code.
+        """
         lay = state.layout
         start = state.num_cached
         pending = max(n - start for n in state.num_accepted)
         T = max(1, min(pending + self.num_drafts, lay.length - start))
         B, C = state.batch_size, lay.num_codes
+        code_ids = lay.code_token_ids.cpu()
+        draws = state.random.uniform(T)  # (B, T)
+        positions = start + torch.arange(T)  # (T,)
+        inside = positions < lay.length
+        n = torch.tensor(state.num_accepted)
+        known = positions[None] < n[:, None]  # (B, T) final tokens
         tokens = torch.full((B, T), lay.eoi_id, dtype=torch.long)
+        tokens[known] = state.body[:, positions.clamp_max(lay.length - 1)][known]
+        forced = lay.forced_tokens(positions)
+        is_forced = (forced >= 0)[None] & ~known & inside[None]
+        tokens = torch.where(is_forced, forced[None], tokens)
+        free = ~known & ~is_forced & inside[None]  # positions to draft
         kind = torch.full((B, T), _FINAL, dtype=torch.long)
         codes = torch.full((B, T), -1, dtype=torch.long)
         probs = torch.zeros(B, T, C) if self.num_drafts else None
-        last_probs, last_first = state.last_probs, state.last_first
-        draws = state.random.uniform(T)
-        spatial = self._draft_init() == "spatial"
-        for b in range(B):
-            n = state.num_accepted[b]
-            for w in range(T):
-                p = start + w
-                if p >= lay.length:
-                    break
-                if p < n:
-                    tokens[b, w] = state.body[b, p]
+        last_probs, j = state.last_probs, positions - state.last_first
+        stored = (j >= 0) & (j < last_probs.shape[1])  # (T,) the last forward predicted these
+        dist = free & stored[None]
+        if dist.any():  # Jacobi update: draft from the fresh distribution
+            q = last_probs[:, j.clamp(0, last_probs.shape[1] - 1)]  # (B, T, C)
+            codes[dist] = sample_with_uniform(q[dist], draws[dist])
+            kind[dist] = _DIST
+            probs[dist] = q[dist]
+            tokens = torch.where(dist, code_ids[codes.clamp_min(0)], tokens)  # a spatial draft below may copy them
+        rest = free & ~stored[None]
+        uniform_codes = (draws * C).long().clamp_max(C - 1)
+        if self._draft_init() != "spatial":
+            codes[rest], kind[rest] = uniform_codes[rest], _UNIFORM
+        else:  # the code above, in row-sized chunks: a chunk's "above" lies in the body or in earlier chunks
+            row = lay.width + 1
+            for lo in range(0, T, row):
+                chunk = torch.zeros(T, dtype=torch.bool)
+                chunk[lo : lo + row] = True
+                here = rest & chunk[None]
+                if not here.any():
                     continue
-                forced = lay.forced(p)
-                if forced is not None:
-                    tokens[b, w] = forced
-                    continue
-                j = p - last_first
-                if 0 <= j < last_probs.shape[1]:  # Jacobi update: draft from the fresh distribution
-                    q = last_probs[b, j]
-                    code = int(sample_with_uniform(q[None], draws[b, w : w + 1])[0])
-                    kind[b, w], probs[b, w] = _DIST, q
-                else:
-                    above = p - (lay.width + 1)
-                    above_tok = -1
-                    if spatial and above >= 0:
-                        above_tok = int(state.body[b, above]) if above < n else int(tokens[b, above - start]) if above >= start else -1
-                    code = lay.code_of(above_tok)
-                    if code >= 0:
-                        kind[b, w] = _DELTA
-                    else:
-                        code = min(int(draws[b, w] * C), C - 1)
-                        kind[b, w] = _UNIFORM
-                codes[b, w] = code
-                tokens[b, w] = lay.code_token_ids[code]
+                above = positions - row  # (T,)
+                from_body = state.body[:, above.clamp(0, lay.length - 1)]  # (B, T)
+                from_window = tokens[:, (above - start).clamp(0, T - 1)]
+                above_tok = torch.where((above >= start)[None] & (above[None] >= n[:, None]), from_window, from_body)
+                above_tok = torch.where((above >= 0)[None], above_tok, torch.full_like(above_tok, -1))
+                table = lay.token_to_code
+                above_code = torch.where((above_tok >= 0) & (above_tok < len(table)),
+                                         table[above_tok.clamp(0, len(table) - 1)], torch.full_like(above_tok, -1))
+                delta = here & (above_code >= 0)
+                codes[delta], kind[delta] = above_code[delta], _DELTA
+                uni = here & (above_code < 0)
+                codes[uni], kind[uni] = uniform_codes[uni], _UNIFORM
+                tokens = torch.where(here, code_ids[codes.clamp_min(0)], tokens)
+        tokens = torch.where(free, code_ids[codes.clamp_min(0)], tokens)
         state.window_start, state.window_tokens = start, tokens
         state.window_kind, state.window_codes, state.window_probs = kind, codes, probs
         return tokens
