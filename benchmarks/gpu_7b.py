@@ -102,6 +102,13 @@ def decode_step_bench(pipe: LuminaMGPTPipeline, device: str, rate: float, seq_le
         pipe.enable_compiled_decoding()
     decoder = pipe.compiled_decoder  # the images reuse its graph and cache
     cache = decoder.attach_cache(tr, 2, seq_len, torch.device(device))
+    try:
+        return _step_bench(pipe, tr, decoder, cache, codes, device, rate, fill, steps, min_window)
+    finally:
+        decoder.return_cache(cache)
+
+
+def _step_bench(pipe, tr, decoder, cache, codes, device, rate, fill, steps, min_window) -> dict:
     L = cache.max_seq_len
     kv_mask = torch.ones((2, L), dtype=torch.bool, device=device)
     prompt = torch.randint(0, 8000, (2, fill), device=device)
@@ -117,7 +124,7 @@ def decode_step_bench(pipe: LuminaMGPTPipeline, device: str, rate: float, seq_le
 
         def compiled():
             c = torch.tensor([slot[0]], device=device)
-            decoder(tr, tok, c[None].expand(2, 1), c, kv_mask, codes, min_window=min_window)
+            decoder(tr, tok, c[None].expand(2, 1), c, kv_mask, codes, min_window=min_window, cache=cache)
 
         out = {"rows": 2, "cache_slots": L, "filled_slots": fill}
         out["eager_ms"] = round(1000 * timed(device, eager, steps), 3)
@@ -146,13 +153,17 @@ def compile_window(pipe: LuminaMGPTPipeline, device: str, seq_len: int, window: 
     """Compile the decoder's graph for a `window`-token CFG step in the images' cache; returns seconds."""
     tr, decoder = pipe.transformer, pipe.compiled_decoder
     codes = torch.tensor(pipe.vocab.code_token_ids, device=device)
-    L = decoder.attach_cache(tr, 2, seq_len, torch.device(device)).max_seq_len
+    cache = decoder.attach_cache(tr, 2, seq_len, torch.device(device))
+    L = cache.max_seq_len
     kv_mask = torch.ones((2, L), dtype=torch.bool, device=device)
     slots = torch.arange(window, device=device) + 8
     t = time.perf_counter()
     with torch.inference_mode():
-        decoder(tr, torch.randint(0, 8000, (2, window), device=device), slots[None].repeat(2, 1), slots, kv_mask,
-                codes, min_window=min_window)
+        try:
+            decoder(tr, torch.randint(0, 8000, (2, window), device=device), slots[None].repeat(2, 1), slots, kv_mask,
+                    codes, min_window=min_window, cache=cache)
+        finally:
+            decoder.return_cache(cache)
     sync(device)
     return round(time.perf_counter() - t, 1)
 

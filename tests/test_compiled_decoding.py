@@ -201,3 +201,16 @@ def test_caches_and_kept_rows_work_in_any_autograd_mode():
         first = rows.get(w, ids)
         w[2] = 5.0  # changed in place: gathered again
         assert torch.equal(rows.get(w, ids), w[[2, 0]]) and not torch.equal(first, w[[2, 0]])
+
+
+def test_closing_a_stream_returns_the_cache(pipe):
+    use(pipe, "ar")
+    pipe.enable_compiled_decoding(backend="eager")
+    try:
+        stream = pipe.chat("Describe it.", stream=True, text_top_k=1, max_new_tokens=8)
+        next(iter(stream))
+        assert pipe.compiled_decoder._lent  # the turn holds the kept cache while it may go on
+        stream.close()
+        assert not pipe.compiled_decoder._lent and len(stream.result.tokens) >= 1
+    finally:
+        pipe.disable_compiled_decoding()

@@ -83,8 +83,9 @@ class WeightRows:
         """(K, in) rows of `weight` for `ids` (K,); `on_new(rows)` runs when they are gathered anew."""
         if torch.is_grad_enabled():
             return weight.index_select(0, ids.to(weight.device))
-        # the same tensor object (another model's weight may reuse a freed address), unchanged since
-        # (inference tensors have no version counter; they cannot be modified in place outside inference mode)
+        # the same tensor object (another model's weight may reuse a freed address), unchanged since.
+        # Inference tensors have no version counter: after editing one in place (inside inference_mode),
+        # call `clear()` (`pipe.disable_compiled_decoding()` for the compiled decoder's rows).
         version = (weight.data_ptr(), weight.dtype, None if weight.is_inference() else weight._version)
         kept = self._kept
         if (kept is None or kept[0]() is not weight or kept[2] != version

@@ -67,7 +67,12 @@ class LuminaMGPTChatOutput(BaseOutput):
 
 
 class ChatStream:
-    """Iterate for text pieces as they are generated; `.result` then holds the `LuminaMGPTChatOutput`."""
+    """Iterate for text pieces as they are generated; `.result` then holds the `LuminaMGPTChatOutput`.
+
+    A turn holds its KV cache (with compiled decoding, the decoder's kept cache) until it ends. A stream
+    you stop reading keeps it until it is dropped or `close()`d; meanwhile other calls decode in caches
+    of their own.
+    """
 
     def __init__(self, decoder: TurnDecoder, history: ChatHistory, output_type: str):
         self._decoder, self._history, self._output_type = decoder, history, output_type
@@ -80,6 +85,12 @@ class ChatStream:
         for piece in self._iter:
             yield piece
         self._finish()
+
+    def close(self) -> None:
+        """Stop the turn where it is and free its cache (`result` then holds what was generated)."""
+        if self._iter is None:
+            self._iter = iter(self._decoder)
+        self._iter.close()
 
     def _finish(self) -> None:
         if self._result is not None:

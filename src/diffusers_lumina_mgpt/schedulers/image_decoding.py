@@ -75,7 +75,7 @@ class ImageLayout:
     def token_to_code(self) -> torch.Tensor:
         """Code index of each token id, -1 for tokens that are not codes (at least max code token id + 1 long)."""
         if self.token_table is not None:
-            return self.token_table
+            return self.token_table.cpu()  # bodies and windows live on the CPU
         lookup = torch.full((int(self.code_token_ids.max()) + 1,), -1, dtype=torch.long)
         lookup[self.code_token_ids.cpu()] = torch.arange(self.num_codes)
         return lookup
