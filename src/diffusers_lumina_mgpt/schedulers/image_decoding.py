@@ -258,19 +258,17 @@ class ImageDecodingMixin:
         """Shared cached prefix after a step, and the Jacobi proposals this forward produced."""
         if state.window_tokens is None:  # prefill: only the prompt is cached
             state.num_cached = 0
-        else:
-            valid = []
+        else:  # per row: the window's leading inputs that are final tokens now hold valid keys/values
+            start, lay = state.window_start, state.layout
             n_in = state.window_tokens.shape[1]
-            for b in range(state.batch_size):
-                n = state.num_accepted[b]
-                m = state.window_start
-                while m - state.window_start < n_in and m < n and int(
-                    state.window_tokens[b, m - state.window_start]
-                ) == int(state.body[b, m]):
-                    m += 1
-                # the last accepted token is fed again: its logits predict the next position
-                valid.append(m if n >= state.layout.length else min(m, n - 1))
-            state.num_cached = max(state.num_cached, min(valid))
+            n = torch.tensor(state.num_accepted)[:, None]  # (B, 1)
+            positions = start + torch.arange(n_in)  # (n_in,)
+            final = state.body[:, positions.clamp_max(lay.length - 1)]
+            same = (positions[None] < n) & (state.window_tokens == final)  # (B, n_in)
+            m = start + same.long().cumprod(1).sum(1)  # (B,) first position not validly cached
+            # the last accepted token is fed again: its logits predict the next position
+            valid = torch.where(n[:, 0] >= lay.length, m, torch.minimum(m, n[:, 0] - 1))
+            state.num_cached = max(state.num_cached, int(valid.min()))
         state.last_probs, state.last_first = probs, first
 
     # ----------------------------------------------------------------------------------------
