@@ -113,22 +113,19 @@ class CompiledDecoder:
         """A cache for `rows` rows and at least `seq_len` real slots (plus one scratch slot past them),
         lent until `return_cache`: the kept one when it fits and no one holds it, else a new one (kept
         when the kept one is free, so later calls reuse it and its graphs)."""
-        dtype = transformer.lm_head.weight.dtype
         need = seq_len + 1
         length = -(-need // self.seq_multiple) * self.seq_multiple
-        attn = transformer.model.layers[0].self_attn
         if self._lent:  # a live session (a streaming chat turn, say) holds the kept cache: use another
-            return StaticKVCache(transformer.config.num_hidden_layers, rows, attn.num_kv_heads, length,
-                                 transformer.head_dim, dtype, device)
+            return transformer.new_kv_cache(rows, length, device=device)
         c = self.cache
         fits = (c is not None and c.max_batch_size == rows and need <= c.max_seq_len <= 2 * need + self.seq_multiple
-                and c.dtype == dtype and c.device == device and c.keys and len(c.keys) == transformer.config.num_hidden_layers
+                and c.dtype == transformer.lm_head.weight.dtype and c.device == device and c.keys
+                and len(c.keys) == transformer.config.num_hidden_layers
                 and c.keys[0].shape[1] == transformer.model.layers[0].self_attn.num_kv_heads
                 and c.keys[0].shape[3] == transformer.head_dim)
         if not fits:
             self.cache = None  # free the old one first
-            self.cache = StaticKVCache(transformer.config.num_hidden_layers, rows, attn.num_kv_heads, length,
-                                       transformer.head_dim, dtype, device)
+            self.cache = transformer.new_kv_cache(rows, length, device=device)
             if self._mode(device) == "reduce-overhead":
                 for t in self.cache.keys + self.cache.values:
                     torch._dynamo.mark_static_address(t)  # CUDA graphs write it in place

@@ -20,20 +20,16 @@ from .kv_cache import StaticKVCache
 
 
 class DecodingSession:
-    """The KV cache of one generation (`rows` x `slots`) and the forwards over it; counts forwards."""
+    """The KV cache of one generation (`rows` x `slots`) and the forwards over it."""
 
     def __init__(self, transformer, rows: int, slots: int, device: torch.device | str,
                  decoder: CompiledDecoder | None = None) -> None:
         self.transformer, self.decoder = transformer, decoder
         self.device = torch.device(device)
-        if decoder is not None:
-            self.cache = decoder.attach_cache(transformer, rows, slots, self.device)
+        if decoder is not None:  # the decoder's kept cache, lent until close()
+            self.cache: StaticKVCache | None = decoder.attach_cache(transformer, rows, slots, self.device)
         else:
-            param = transformer.lm_head.weight
-            attn = transformer.model.layers[0].self_attn if transformer.model.layers else None
-            self.cache = StaticKVCache(transformer.config.num_hidden_layers, rows, attn.num_kv_heads if attn else 1,
-                                       slots, transformer.head_dim, param.dtype, self.device)
-        self.num_forwards = 0
+            self.cache = transformer.new_kv_cache(rows, slots, device=self.device)
 
     @property
     def rows(self) -> int:
@@ -47,7 +43,6 @@ class DecodingSession:
     def forward(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor | None = None,
                 kv_mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
         """Eager cached forward of `tokens` (R, T) written at cache `slots` (T,): logits (R, T' , V or K)."""
-        self.num_forwards += 1
         d = self.device
         return self.transformer(
             tokens.to(d), position_ids=None if positions is None else positions.to(d), cache_position=slots.to(d),
@@ -60,13 +55,12 @@ class DecodingSession:
 
         On a CPU, windows longer than the decoder's `cpu_max_window` run eagerly (see `CompiledDecoder`).
         """
-        d = self.decoder
-        if d is None or (self.device.type == "cpu" and d.cpu_max_window is not None and tokens.shape[1] > d.cpu_max_window):
+        decoder, d = self.decoder, self.device
+        limit = None if decoder is None or d.type != "cpu" else decoder.cpu_max_window
+        if decoder is None or (limit is not None and tokens.shape[1] > limit):
             return self.forward(tokens, slots, positions, kv_mask, token_ids)
-        self.num_forwards += 1
-        d = self.device
-        return self.decoder(self.transformer, tokens.to(d), positions.to(d), slots.to(d), kv_mask, token_ids,
-                            min_window=min_window, cache=self.cache)
+        return decoder(self.transformer, tokens.to(d), positions.to(d), slots.to(d), kv_mask, token_ids,
+                       min_window=min_window, cache=self.cache)
 
     def close(self) -> None:
         """Done: give a compiled decoder's cache back (the session's own cache is freed with it)."""

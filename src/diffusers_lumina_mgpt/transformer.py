@@ -278,9 +278,20 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         device: torch.device | str | None = None,
     ) -> None:
         """Allocate the static KV cache; later forwards must pass `cache_position`. Replaces any previous cache."""
-        param = self.lm_head.weight
         self.kv_cache = None  # free the old one first
-        self.kv_cache = StaticKVCache(
+        self.kv_cache = self.new_kv_cache(max_batch_size, max_seq_len, dtype, device)
+
+    def new_kv_cache(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> StaticKVCache:
+        """A `StaticKVCache` shaped for this model (default: the weights' dtype and device), to pass as
+        `forward(..., kv_cache=...)`; the model keeps no reference to it."""
+        param = self.lm_head.weight
+        return StaticKVCache(
             self.config.num_hidden_layers,
             max_batch_size,
             self.model.layers[0].self_attn.num_kv_heads if self.model.layers else 1,
