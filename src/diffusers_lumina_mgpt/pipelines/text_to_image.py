@@ -358,17 +358,10 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         blocks = torch.cat([header.expand(result.body.shape[0], -1), result.body], dim=1)
         if output_type == "tokens":
             return blocks, blocks, result.num_forwards
-        undecided = result.body < 0  # only after an interrupt
-        body = torch.where(undecided, layout.code_token_ids[0].cpu(), result.body)
-        codes = layout.codes_grid(body)  # the layout placed every token: nothing to re-parse
-        blank = layout.cells(undecided)  # (B, h, w)
+        codes = layout.codes_grid(result.body)  # the layout placed every token: nothing to re-parse
         if output_type == "latent":
-            return codes.masked_fill(blank, -1), blocks, result.num_forwards
-        pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
-        if blank.any():  # an interrupted call: grey where nothing was decided
-            cell = pixels.shape[-1] // codes.shape[-1]
-            pixels = pixels.masked_fill(blank.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None].to(pixels.device), 0.0)
-        return self.image_processor.postprocess(pixels, output_type), blocks, result.num_forwards
+            return codes, blocks, result.num_forwards
+        return self.decode_latents(codes, output_type), blocks, result.num_forwards
 
     def image_tokens_to_latents(self, blocks) -> torch.Tensor:
         """Image token blocks of one size (validated) -> (B, h, w) VQ code grids."""
@@ -376,8 +369,14 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         return torch.stack([decode_image_block(b, self.vocab, latents_per_grid=lpg) for b in blocks])
 
     def decode_latents(self, codes: torch.Tensor, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-        """(B, h, w) VQ code grids -> images through the `vqvae` ("pil", "np" or "pt")."""
-        pixels = vq_decode_codes(self.vqvae, codes.to(self._execution_device))
+        """(B, h, w) VQ code grids -> images through the `vqvae` ("pil", "np" or "pt"). Cells of -1 (left
+        undecided by an interrupted call) come out grey."""
+        blank = codes < 0
+        pixels = vq_decode_codes(self.vqvae, codes.clamp_min(0).to(self._execution_device))
+        if blank.any():
+            cell = pixels.shape[-1] // codes.shape[-1]
+            up = blank.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]
+            pixels = pixels.masked_fill(up.to(pixels.device), 0.0)
         return self.image_processor.postprocess(pixels, output_type)
 
     def decode_image_tokens(self, blocks, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:

@@ -96,8 +96,9 @@ class ImageLayout:
         return body[:, : self.length - 1].reshape(-1, self.height, self.width + 1)[:, :, : self.width]
 
     def codes_grid(self, body: torch.Tensor) -> torch.Tensor:
-        """Body token ids (B, L) -> code indices (B, h, w)."""
-        return self.token_to_code[self.cells(body).cpu()]
+        """Body token ids (B, L) -> code indices (B, h, w); -1 where a token is undecided (-1)."""
+        cells = self.cells(body).cpu()
+        return torch.where(cells >= 0, self.token_to_code[cells.clamp_min(0)], -1)
 
 
 @dataclass
