@@ -28,6 +28,7 @@ from diffusers_lumina_mgpt.schedulers import LuminaMGPTARScheduler, LuminaMGPTJa
 from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer
 from diffusers_lumina_mgpt.vq import ChameleonVQModel
 from diffusers_lumina_mgpt.vq_convert import ddconfig_to_model_config
+from text_to_image import read_rate_gbps, step_bytes, sync  # this folder: run as `python benchmarks/gpu_7b.py`
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "chameleon-tiny"
 PROMPT = "a red circle above a blue square"
@@ -67,11 +68,6 @@ def build(cfg: dict, vq_cfg: dict, device: str, dtype: torch.dtype) -> LuminaMGP
     return pipe
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def timed(device: str, fn, repeats: int = 1) -> float:
     """Seconds per call of `fn` (after one untimed call)."""
     fn()
@@ -81,15 +77,6 @@ def timed(device: str, fn, repeats: int = 1) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - t) / repeats
-
-
-def read_rate_gbps(device: str, gib: float) -> float:
-    """Streaming read rate: `sum` over a large bf16 tensor (bytes read / seconds)."""
-    x = torch.ones(int(gib * 2**30) // 2, dtype=torch.bfloat16, device=device)
-    sec = timed(device, x.sum, repeats=5)
-    rate = x.numel() * 2 / sec / 1e9
-    del x
-    return rate
 
 
 @torch.inference_mode()  # as the pipeline's decoding: its tensors are inference tensors, and graphs guard on that
@@ -133,11 +120,9 @@ def _step_bench(pipe, tr, decoder, cache, codes, device, rate, fill, steps, min_
         sync(device)
         out["compile_seconds"] = round(time.perf_counter() - t, 1)
         out["compiled_ms"] = round(1000 * timed(device, compiled, steps), 3)
-    layer_bytes = sum(p.numel() * p.element_size() for n, p in tr.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
-    head_bytes = codes.numel() * tr.config.hidden_size * tr.lm_head.weight.element_size()
     kv = cache
     kv_bytes = 2 * len(kv.keys) * 2 * kv.keys[0].shape[1] * kv.keys[0].shape[3] * kv.keys[0].element_size()  # per slot, 2 rows
-    out["weight_bytes"] = layer_bytes + head_bytes
+    out["weight_bytes"] = step_bytes(pipe)
     if not rate:  # the rate phase did not run: no floor
         return out
     out["floor_ms_weights"] = round(1000 * out["weight_bytes"] / (rate * 1e9), 3)
@@ -237,7 +222,7 @@ def main() -> None:
         t = time.perf_counter()
         try:
             if phase == "rate":
-                rate = read_rate_gbps(args.device, 0.25 if args.tiny else 8.0)
+                rate = read_rate_gbps(args.device, (2**28 if args.tiny else 2**33))
                 results["read_rate_gbps"] = round(rate, 1)
             elif phase == "step":
                 results["decode_step"] = decode_step_bench(pipe, args.device, rate, seq_len, fill=min(600, seq_len // 2), steps=50)
