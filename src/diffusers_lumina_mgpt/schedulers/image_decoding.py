@@ -315,18 +315,18 @@ class ImageDecodingMixin:
             codes[rest], kind[rest] = uniform_codes[rest], _UNIFORM
         else:  # the code above, in row-sized chunks: a chunk's "above" lies in the body or in earlier chunks
             row = lay.width + 1
+            above = positions - row  # (T,)
+            in_window = (above >= start)[None] & (above[None] >= n[:, None])  # (B, T) drafted in this window
+            from_body = state.body[:, above.clamp(0, lay.length - 1)]  # (B, T)
+            table = lay.token_to_code
             for lo in range(0, T, row):
-                chunk = torch.zeros(T, dtype=torch.bool)
-                chunk[lo : lo + row] = True
-                here = rest & chunk[None]
+                here = rest.clone()
+                here[:, :lo] = here[:, lo + row :] = False
                 if not here.any():
                     continue
-                above = positions - row  # (T,)
-                from_body = state.body[:, above.clamp(0, lay.length - 1)]  # (B, T)
-                from_window = tokens[:, (above - start).clamp(0, T - 1)]
-                above_tok = torch.where((above >= start)[None] & (above[None] >= n[:, None]), from_window, from_body)
+                from_window = tokens[:, (above - start).clamp(0, T - 1)]  # earlier chunks are drafted by now
+                above_tok = torch.where(in_window, from_window, from_body)
                 above_tok = torch.where((above >= 0)[None], above_tok, torch.full_like(above_tok, -1))
-                table = lay.token_to_code
                 above_code = torch.where((above_tok >= 0) & (above_tok < len(table)),
                                          table[above_tok.clamp(0, len(table) - 1)], torch.full_like(above_tok, -1))
                 delta = here & (above_code >= 0)
