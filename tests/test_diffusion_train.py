@@ -38,7 +38,7 @@ def test_smoke_recipe_trains_with_metrics_checkpoints_and_compute(smoke_run):
     assert compute["images_seen"] == 12 * 4 and sum(compute["steps_per_bucket"].values()) == 12
     assert compute["total_train_flops"] == sum(n * 4 * compute["train_flops_per_image"][size]
                                                for size, n in compute["steps_per_bucket"].items())
-    assert compute["train_flops_per_image"]["96x64"] > compute["train_flops_per_image"]["64x64"] > 0
+    assert compute["train_flops_per_image"]["64x64"] > compute["train_flops_per_image"]["80x48"] > 0
     assert compute["train_seconds"] > 0 and compute["unet_parameters"] > 100_000
 
 

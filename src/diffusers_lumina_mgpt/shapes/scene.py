@@ -6,10 +6,15 @@ Everything a caption, a question or a scorer needs (counts, colours, relations, 
 follows from this record, so every task built on a scene has exact ground truth.
 
 Layout rules (the renderer and the scorer rely on them):
-- objects are never clipped: every box lies at least `BORDER` px inside the image;
+- objects are never clipped: every box lies inside the image (`BORDER` px in);
 - objects never overlap: boxes are at least `MIN_GAP` px apart (so two same-coloured objects can
   never merge into one connected component);
-- sizes lie in [`MIN_OBJECT_SIZE`, `max_object_size(w, h)`].
+- sizes lie in [`MIN_OBJECT_SIZE`, `max_object_size(w, h)`];
+- objects sit on a `GRID` px grid: box corners and sizes are multiples of `GRID`. With the ShapesWorld
+  tokenizer's 4 px cells, an object covers whole cells at 64 px and still does at half size (the 32 px
+  FP-SFT stage), so a shape of a given size and colour is always the same block of VQ codes. An earlier
+  world placed objects at any pixel; a 5.9M-parameter model trained on it for 5,750 steps drew blobs of
+  the right colours but scored 0.08 on text-to-image (docs/default-model.md).
 
 Held-out split: the colour-shape pairs in `HELDOUT_COMBOS` are never sampled with `split="train"`;
 `split="heldout"` puts at least one of them in every scene (or prompt), so generalisation to
@@ -44,13 +49,15 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLORS: tuple[str, ...] = tuple(OBJECT_COLORS)
 BACKGROUNDS: tuple[str, ...] = tuple(BACKGROUND_COLORS)
 
-# (width, height) buckets: small sizes, aspect ratio up to 4
+# (width, height) buckets: aspect ratios 1:1, 5:3 and 4:1 both ways, each the size Lumina's image
+# processor keeps at a 64 px target and halves exactly at a 32 px one (so the object grid survives)
 SIZE_BUCKETS: tuple[tuple[int, int], ...] = (
-    (64, 64), (80, 48), (48, 80), (96, 64), (64, 96), (128, 32), (32, 128),
+    (64, 64), (80, 48), (48, 80), (128, 32), (32, 128),
 )
 MIN_OBJECTS, MAX_OBJECTS = 1, 4
-MIN_OBJECT_SIZE = 10
-BORDER = 1
+GRID = 8
+MIN_OBJECT_SIZE = 16
+BORDER = 0
 MIN_GAP = 2
 # a relation is stated as true only if the dominant axis wins by at least this many pixels
 RELATION_MARGIN = 3.0
@@ -144,7 +151,13 @@ def combo_allowed(color: str, shape: str, split: str) -> bool:
 
 
 def max_object_size(width: int, height: int) -> int:
-    return max(MIN_OBJECT_SIZE, min(28, int(0.6 * min(width, height))))
+    return max(MIN_OBJECT_SIZE, min(28, int(0.6 * min(width, height))) // GRID * GRID)
+
+
+def _grid_values(lo: int | float, hi: int | float) -> list[int]:
+    """The multiples of `GRID` in [lo, hi]."""
+    first = -(-int(np.ceil(lo)) // GRID) * GRID
+    return list(range(first, int(np.floor(hi)) + 1, GRID))
 
 
 def relation(a: HasCenter, b: HasCenter, margin: float = 0.0) -> str | None:
@@ -216,9 +229,10 @@ def place_object(
     hi = max_object_size(w, h)
     others = [o.box for i, o in enumerate(scene.objects) if i != ignore]
     for attempt in range(tries):
-        s = size if size is not None else int(rng.integers(MIN_OBJECT_SIZE, hi + 1))
+        sizes = _grid_values(MIN_OBJECT_SIZE, hi)
         if size is None and attempt >= tries // 2:  # crowded: try smaller objects
-            s = int(rng.integers(MIN_OBJECT_SIZE, max(MIN_OBJECT_SIZE, (MIN_OBJECT_SIZE + hi) // 2) + 1))
+            sizes = _grid_values(MIN_OBJECT_SIZE, max(MIN_OBJECT_SIZE, (MIN_OBJECT_SIZE + hi) // 2))
+        s = size if size is not None else sizes[int(rng.integers(len(sizes)))]
         if s > min(w, h) - 2 * BORDER:
             return None
         x0, y0, x1, y1 = BORDER, BORDER, w - BORDER - s, h - BORDER - s
@@ -227,9 +241,10 @@ def place_object(
             # centre strictly inside the cell, at least 1 px from its edges
             x0, x1 = max(x0, int(np.ceil(rx0 + 1 - s / 2))), min(x1, int(np.floor(rx1 - 1 - s / 2)))
             y0, y1 = max(y0, int(np.ceil(ry0 + 1 - s / 2))), min(y1, int(np.floor(ry1 - 1 - s / 2)))
-        if x1 < x0 or y1 < y0:
+        xs, ys = _grid_values(x0, x1), _grid_values(y0, y1)
+        if not xs or not ys:
             continue
-        obj = ShapeObject(shape, color, int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1)), s)
+        obj = ShapeObject(shape, color, xs[int(rng.integers(len(xs)))], ys[int(rng.integers(len(ys)))], s)
         if all(boxes_clear(obj.box, b) for b in others):
             return obj
     return None
