@@ -10,7 +10,7 @@ from diffusers_lumina_mgpt.shapes.render import (
     shape_mask,
 )
 from diffusers_lumina_mgpt.shapes.scene import (
-    BACKGROUND_COLORS, BORDER, HELDOUT_COMBOS, MIN_GAP, MIN_OBJECT_SIZE, OBJECT_COLORS, SHAPES, SIZE_BUCKETS, Scene,
+    BACKGROUND_COLORS, BORDER, GRID, HELDOUT_COMBOS, MIN_GAP, MIN_OBJECT_SIZE, OBJECT_COLORS, SHAPES, SIZE_BUCKETS, Scene,
     ShapeObject, boxes_clear, clear_relation, depth_order, max_object_size, relation, sample_scene,
 )
 
@@ -40,8 +40,20 @@ def test_layout_rules_hold():
             x0, y0, x1, y1 = o.box
             assert x0 >= BORDER and y0 >= BORDER and x1 <= scene.width - BORDER and y1 <= scene.height - BORDER
             assert MIN_OBJECT_SIZE <= o.size <= max_object_size(scene.width, scene.height)
+            assert o.x % GRID == 0 and o.y % GRID == 0 and o.size % GRID == 0  # whole tokenizer cells
             assert all(boxes_clear(o.box, p.box, MIN_GAP) for p in scene.objects[k + 1:])
         assert scene == Scene.from_dict(scene.to_dict())
+
+
+def test_every_bucket_holds_four_objects_and_every_edit_stays_on_the_grid():
+    from diffusers_lumina_mgpt.shapes.tasks import make_records
+
+    rng = np.random.default_rng(3)
+    for size in SIZE_BUCKETS:
+        assert len(sample_scene(rng, size=size, n_objects=4).objects) == 4
+    for rec in make_records("edit", 40, seed=4) + make_records("multiedit", 20, seed=4):
+        scenes_after = [Scene.from_dict(t["scene"]) for t in rec.targets if t["kind"] == "scene"]
+        assert scenes_after and all(o.x % GRID == 0 and o.y % GRID == 0 for s in scenes_after for o in s.objects)
 
 
 def test_heldout_split():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-SIZES = [(64, 64), (80, 48), (128, 32)]
+SIZES = [(64, 64), (80, 48), (48, 80)]  # 128x32 holds no object above another in this world
 TASKS = ["caption", "vqa", "edit", "multiedit", "segmentation", "depth", "noedit"]
 
 
