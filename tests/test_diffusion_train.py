@@ -162,3 +162,25 @@ def test_full_recipe_uses_the_ar_recipes_text_to_image_records():
     assert sorted((d["n"], d["seed"]) for d in config["data"]["sources"]) == ar_t2i
     assert config["data"]["chunk_size"] == ar["data"]["chunk_size"]  # shapes: records depend on it
     assert 3e6 < sum(p.numel() for p in build_unet(config).parameters()) < 5e6
+
+
+def test_shifted_schedule_pooled_text_and_heads_reach_the_exported_pipeline(smoke_run):
+    from diffusers import DDPMScheduler, DiffusionPipeline
+
+    from diffusers_lumina_mgpt.training.diffusion_train import build_noise_scheduler, build_unet
+
+    config = load_diffusion_config(SMOKE)
+    shift = config["diffusion"]["snr_shift"]
+    assert shift > 1
+    plain = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    shifted = build_noise_scheduler(config).alphas_cumprod.double()
+    snr, snr_shifted = plain / (1 - plain), shifted / (1 - shifted)
+    unclipped = slice(0, 990)  # the cosine schedule's last betas are capped at 0.999
+    torch.testing.assert_close(snr_shifted[unclipped], snr[unclipped] / shift, rtol=1e-4, atol=0)
+    pipe = DiffusionPipeline.from_pretrained(str(smoke_run / "pipeline"))
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod.double(), shifted, rtol=1e-5, atol=1e-7)
+    # the pooled prompt enters the timestep embedding; cross-attention has model.attention_head_dim heads
+    assert pipe.unet.config.addition_embed_type == "text" and pipe.unet.add_embedding is not None
+    unet = build_unet(config)
+    heads = {m.heads for m in unet.modules() if type(m).__name__ == "Attention"}
+    assert heads == {config["model"]["attention_head_dim"]}

@@ -55,10 +55,17 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
         "sample_size": 64, "block_out_channels": [32, 64, 128], "layers_per_block": 1,
         "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-        "attention_head_dim": 32, "norm_num_groups": 8,
+        # diffusers' name: UNet2DConditionModel takes it as the number of attention heads
+        "attention_head_dim": 4, "norm_num_groups": 8,
+        # the pooled prompt joins the timestep embedding, so every ResNet block sees the text (as in DeepFloyd IF)
+        "pooled_text": False,
         "text": {"hidden_size": 128, "num_layers": 3, "num_heads": 4, "ff_size": 512},
     },
-    "diffusion": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
+    # snr_shift: divide the schedule's signal-to-noise ratio at every timestep by this (1 = the plain schedule);
+    # flat-colour 64 px images stay legible under heavy noise, so only the noisiest steps need the caption
+    # unless the schedule is shifted toward noise
+    "diffusion": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+                  "snr_shift": 1.0},
     "sampler": {"algorithm_type": "dpmsolver++", "solver_order": 2, "thresholding": True,
                 "dynamic_thresholding_ratio": 0.995},
     "train": {
@@ -89,6 +96,8 @@ def check_diffusion_config(config: dict[str, Any]) -> None:
         raise ValueError(f"train.ema_decay must be null (no EMA) or in (0, 1), e.g. 0.995; got {tr['ema_decay']}")
     if tr["mixed_precision"] not in ("no", "bf16"):
         raise ValueError(f"train.mixed_precision must be no or bf16, got {tr['mixed_precision']!r}")
+    if not config["diffusion"]["snr_shift"] > 0:
+        raise ValueError(f"diffusion.snr_shift must be positive (1 = no shift), got {config['diffusion']['snr_shift']}")
     if config["diffusion"]["prediction_type"] not in ("epsilon", "v_prediction"):
         raise ValueError(f"diffusion.prediction_type must be epsilon or v_prediction, "
                          f"got {config['diffusion']['prediction_type']!r}")
@@ -252,13 +261,26 @@ def build_unet(config: dict[str, Any]):
         sample_size=m["sample_size"], in_channels=3, out_channels=6, layers_per_block=m["layers_per_block"],
         block_out_channels=tuple(m["block_out_channels"]), down_block_types=tuple(m["down_block_types"]),
         up_block_types=tuple(m["up_block_types"]), cross_attention_dim=m["text"]["hidden_size"],
-        attention_head_dim=m["attention_head_dim"], norm_num_groups=m["norm_num_groups"])
+        attention_head_dim=m["attention_head_dim"], norm_num_groups=m["norm_num_groups"],
+        **({"addition_embed_type": "text", "addition_embed_type_num_heads": m["text"]["num_heads"]}
+           if m["pooled_text"] else {}))
 
 
 def build_noise_scheduler(config: dict[str, Any]):
+    """The training scheduler; with `diffusion.snr_shift` its betas are the plain schedule's with the
+    signal-to-noise ratio divided by the shift at every step (saved in the config as `trained_betas`, so
+    the exported sampler uses the same noise levels)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**config["diffusion"], variance_type="fixed_small", clip_sample=True)
+    d = dict(config["diffusion"])
+    shift = float(d.pop("snr_shift"))
+    kwargs = {"variance_type": "fixed_small", "clip_sample": True}
+    if shift != 1.0:
+        alpha_bar = DDPMScheduler(**d).alphas_cumprod.double()
+        shifted = alpha_bar / (alpha_bar + shift * (1 - alpha_bar))
+        prev = torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
+        kwargs["trained_betas"] = (1 - shifted / prev).clamp(max=0.999).tolist()
+    return DDPMScheduler(**d, **kwargs)
 
 
 class DiffusionModel(torch.nn.Module):
