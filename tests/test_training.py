@@ -323,6 +323,17 @@ def test_train_vq_learns_resumes_and_reports(tmp_path):
     assert whole["flat_code_entropy"] is None or whole["flat_code_entropy"] >= 0
 
 
+def test_vq_crops_on_a_grid_start_on_its_multiples():
+    from diffusers_lumina_mgpt.training.vq_train import random_crops
+
+    pool = [torch.arange(3 * 64 * 80, dtype=torch.float32).reshape(3, 64, 80)]
+    for grid, expect_aligned in ((8, True), (1, False)):
+        crops = random_crops(pool, 200, 32, np.random.default_rng(0), grid)
+        corners = [(int(c[0, 0, 0]) // 80, int(c[0, 0, 0]) % 80) for c in crops]  # the crop's top-left pixel
+        aligned = all(y % 8 == 0 and x % 8 == 0 for y, x in corners)
+        assert aligned == expect_aligned and max(y for y, _ in corners) <= 32 and max(x for _, x in corners) <= 48
+
+
 def test_flat_code_entropy_counts_codes_of_flat_patches():
     from diffusers_lumina_mgpt.training.vq_train import flat_code_entropy, flat_patch_codes
 

@@ -42,6 +42,9 @@ VQ_DEFAULTS: dict[str, Any] = {
         "steps": 3000, "batch_size": 48, "crop": 32, "lr": 2e-3, "warmup": 100, "beta": 0.25,
         "restart_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "threads": None,
         "mse_weight": 1.0,
+        # crop corners on multiples of this (1 = anywhere): a world whose objects sit on a grid the
+        # tokenizer's cells divide (ShapesWorld's 8 px) then shows the encoder only the phases it will encode
+        "crop_grid": 1,
     },
 }
 
@@ -116,12 +119,14 @@ def to_pixels(image: Image.Image) -> torch.Tensor:  # (3, H, W) in [-1, 1]
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
-def random_crops(pool: list[torch.Tensor], batch: int, crop: int, rng: np.random.Generator) -> torch.Tensor:
+def random_crops(pool: list[torch.Tensor], batch: int, crop: int, rng: np.random.Generator,
+                 grid: int = 1) -> torch.Tensor:
+    """`batch` random `crop` x `crop` squares of the pool's images, corners on multiples of `grid`."""
     out = []
     for k in rng.integers(len(pool), size=batch):
         im = pool[int(k)]
-        y = int(rng.integers(im.shape[1] - crop + 1))
-        x = int(rng.integers(im.shape[2] - crop + 1))
+        y = grid * int(rng.integers((im.shape[1] - crop) // grid + 1))
+        x = grid * int(rng.integers((im.shape[2] - crop) // grid + 1))
         out.append(im[:, y:y + crop, x:x + crop])
     return torch.stack(out)
 
@@ -258,7 +263,8 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
 
     out = Path(output_dir)
     tr = config["train"]
-    positive(config, "train.steps", "train.batch_size", "train.crop", "train.lr", "train.checkpoint_every")
+    positive(config, "train.steps", "train.batch_size", "train.crop", "train.lr", "train.checkpoint_every",
+             "train.crop_grid")
     if config["train"]["threads"]:
         torch.set_num_threads(int(config["train"]["threads"]))
     final = out / "vqvae"
@@ -298,14 +304,15 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
         usage = torch.tensor(state["usage"])
     else:  # data-dependent codebook init: every code starts on an encoder output of a first batch
         with torch.no_grad():
-            first = random_crops(pool, max(int(tr["batch_size"]), 64), crop, np.random.default_rng([config["seed"], 2**31 - 1]))
+            first = random_crops(pool, max(int(tr["batch_size"]), 64), crop, np.random.default_rng([config["seed"], 2**31 - 1]),
+                         int(tr["crop_grid"]))
             restart_dead_codes(vqvae, torch.zeros_like(usage), vqvae.encode(first).latents)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=True)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train-vq", disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
         rng = np.random.default_rng([config["seed"], step])  # batch = f(seed, step): resume-exact
-        pixels = random_crops(pool, int(tr["batch_size"]), crop, rng)
+        pixels = random_crops(pool, int(tr["batch_size"]), crop, rng, int(tr["crop_grid"]))
         loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"], float(tr["mse_weight"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
