@@ -14,7 +14,7 @@ Layout rules (the renderer and the scorer rely on them):
   tokenizer's 4 px cells, an object covers whole cells at 64 px and still does at half size (the 32 px
   FP-SFT stage), so a shape of a given size and colour is always the same block of VQ codes. An earlier
   world placed objects at any pixel; a 5.9M-parameter model trained on it for 5,750 steps drew blobs of
-  the right colours but scored 0.08 on text-to-image (docs/default-model.md).
+  the right colours but scored 0.08 on text-to-image (docs/training.md, "The fourth run").
 
 Held-out split: the colour-shape pairs in `HELDOUT_COMBOS` are never sampled with `split="train"`;
 `split="heldout"` puts at least one of them in every scene (or prompt), so generalisation to
@@ -154,7 +154,7 @@ def max_object_size(width: int, height: int) -> int:
     return max(MIN_OBJECT_SIZE, min(28, int(0.6 * min(width, height))) // GRID * GRID)
 
 
-def _grid_values(lo: int | float, hi: int | float) -> list[int]:
+def _grid_values(lo: float, hi: float) -> list[int]:
     """The multiples of `GRID` in [lo, hi]."""
     first = -(-int(np.ceil(lo)) // GRID) * GRID
     return list(range(first, int(np.floor(hi)) + 1, GRID))
