@@ -228,11 +228,11 @@ def place_object(
     w, h = scene.width, scene.height
     hi = max_object_size(w, h)
     others = [o.box for i, o in enumerate(scene.objects) if i != ignore]
+    sizes = _grid_values(MIN_OBJECT_SIZE, hi)
+    smaller = _grid_values(MIN_OBJECT_SIZE, max(MIN_OBJECT_SIZE, (MIN_OBJECT_SIZE + hi) // 2))
     for attempt in range(tries):
-        sizes = _grid_values(MIN_OBJECT_SIZE, hi)
-        if size is None and attempt >= tries // 2:  # crowded: try smaller objects
-            sizes = _grid_values(MIN_OBJECT_SIZE, max(MIN_OBJECT_SIZE, (MIN_OBJECT_SIZE + hi) // 2))
-        s = size if size is not None else sizes[int(rng.integers(len(sizes)))]
+        pick = smaller if attempt >= tries // 2 else sizes  # crowded: try smaller objects
+        s = size if size is not None else pick[int(rng.integers(len(pick)))]
         if s > min(w, h) - 2 * BORDER:
             return None
         x0, y0, x1, y1 = BORDER, BORDER, w - BORDER - s, h - BORDER - s

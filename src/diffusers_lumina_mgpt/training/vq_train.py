@@ -273,7 +273,7 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
     set_seed(config["seed"])
     vqvae = vq_model_from_config(config["model"])
     data = config["data"]
-    crop = int(tr["crop"])
+    crop, grid = int(tr["crop"]), int(tr["crop_grid"])
     if data["folder"]:
         pool_images = folder_images(resolve_path(config, data["folder"]), crop)
         eval_images = pool_images[-data["eval_images"]:]
@@ -304,15 +304,15 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
         usage = torch.tensor(state["usage"])
     else:  # data-dependent codebook init: every code starts on an encoder output of a first batch
         with torch.no_grad():
-            first = random_crops(pool, max(int(tr["batch_size"]), 64), crop, np.random.default_rng([config["seed"], 2**31 - 1]),
-                         int(tr["crop_grid"]))
+            first = random_crops(pool, max(int(tr["batch_size"]), 64), crop,
+                                 np.random.default_rng([config["seed"], 2**31 - 1]), grid)
             restart_dead_codes(vqvae, torch.zeros_like(usage), vqvae.encode(first).latents)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=True)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train-vq", disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
         rng = np.random.default_rng([config["seed"], step])  # batch = f(seed, step): resume-exact
-        pixels = random_crops(pool, int(tr["batch_size"]), crop, rng, int(tr["crop_grid"]))
+        pixels = random_crops(pool, int(tr["batch_size"]), crop, rng, grid)
         loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"], float(tr["mse_weight"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
