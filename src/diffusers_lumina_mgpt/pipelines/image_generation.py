@@ -112,8 +112,9 @@ def decode_image_blocks(
         code_ids = layout.code_token_ids.to(device)  # only codes are possible inside an image
         # compiled windows on CUDA are padded to one size per scheduler, so each captures one graph: AR windows
         # hold 1 token or 2 (a row's last code and the forced NEWLINE), Jacobi ones the drafts and a pending
-        # token. (A 1-token AR graph stepped faster alone, 6.4 against 8.1 ms at 7B on an H200, but a whole
-        # image switching between 1- and 2-token graphs took 23.2 s against 19.3 s with the padded one.)
+        # token. (A 1-token AR graph stepped faster alone, 6.4 against 8.1 ms at 7B on an H200. A whole image
+        # switching between 1- and 2-token graphs took 23.2 s; padded ones took 19.3 s and, on another H200,
+        # 24.1 s, so the padded choice is not a measured win: docs/benchmarks.md.)
         window = scheduler.num_drafts + 2
 
         def guide(logits: torch.Tensor) -> torch.Tensor:  # (R, T, C) -> (N, T, C)
