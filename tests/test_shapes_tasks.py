@@ -53,6 +53,27 @@ def test_caption_parser_on_known_text():
     assert not caption_holds("A red circle and a blue square on a white background.", SCENE.objects, "white")
 
 
+def test_captions_and_scene_prompts_name_objects_in_reading_order():
+    from diffusers_lumina_mgpt.shapes.language import _OBJECT_RE, prompt_from_scene
+
+    # placed bottom-right first: the caption still starts at the top left
+    scene = Scene(64, 64, "gray", (ShapeObject("cross", "pink", 40, 40, 16), ShapeObject("circle", "red", 8, 0, 16),
+                                   ShapeObject("square", "blue", 40, 0, 16)))
+    text = caption(scene, np.random.default_rng(0), "list")
+    assert text == "A red circle, a blue square and a pink cross on a gray background."
+    rng = np.random.default_rng(1)
+    relations = Counter()
+    for _ in range(300):
+        scene = sample_scene(rng, n_objects=2)
+        names = [(m.group(2), m.group(3)) for m in _OBJECT_RE.finditer(caption(scene, rng, "list").lower())]
+        assert names == list(dict.fromkeys((o.color, o.shape) for o in scene.reading_order()))
+        spec = prompt_from_scene(scene, rng)
+        if spec is not None and spec.family == "position":
+            relations[spec.relation] += 1
+    # reading order puts the upper/left object first, but position prompts still use all four relations
+    assert set(relations) == {"left", "right", "above", "below"}
+
+
 def test_questions_have_exact_answers():
     rng = np.random.default_rng(0)
     assert make_question(SCENE, rng, "count_all")[:2] == ("How many objects are there?", "3")

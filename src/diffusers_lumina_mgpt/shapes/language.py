@@ -69,9 +69,11 @@ def join_list(items: list[str]) -> str:
 
 
 def object_groups(scene: Scene) -> list[tuple[int, str, str]]:
-    """(count, colour, shape) per distinct colour+shape, in order of first appearance."""
-    counts = Counter((o.color, o.shape) for o in scene.objects)
-    return [(counts[key], *key) for key in dict.fromkeys((o.color, o.shape) for o in scene.objects)]
+    """(count, colour, shape) per distinct colour+shape, in reading order of each group's first object
+    (`Scene.reading_order`), so a caption names objects in the order an AR model draws them."""
+    ordered = scene.reading_order()
+    counts = Counter((o.color, o.shape) for o in ordered)
+    return [(counts[key], *key) for key in dict.fromkeys((o.color, o.shape) for o in ordered)]
 
 
 def _clear_pairs(scene: Scene) -> list[tuple[int, int, str]]:
@@ -215,7 +217,7 @@ def make_prompt(family: str, rng: np.random.Generator, split: str = "train") -> 
 
 def prompt_from_scene(scene: Scene, rng: np.random.Generator) -> PromptSpec | None:
     """A family prompt that the scene satisfies (closed world), or None if no family fits it."""
-    objs = scene.objects
+    objs = scene.reading_order()
     shapes = [o.shape for o in objs]
     options: list[tuple[str, tuple[ObjectSpec, ...], str | None]] = []
     if len(objs) == 1:
@@ -227,9 +229,11 @@ def prompt_from_scene(scene: Scene, rng: np.random.Generator) -> PromptSpec | No
         options.append(("two_object", (ObjectSpec(shapes[0]), ObjectSpec(shapes[1])), None))
         if objs[0].color != objs[1].color:
             options.append(("color_attr", tuple(ObjectSpec(o.shape, o.color) for o in objs), None))
-        rel = clear_relation(objs[0], objs[1])
+        # reading order puts the upper or left object first; either may lead a position prompt
+        a, b = (0, 1) if rng.random() < 0.5 else (1, 0)
+        rel = clear_relation(objs[a], objs[b])
         if rel is not None:
-            options.append(("position", (ObjectSpec(shapes[0]), ObjectSpec(shapes[1])), rel))
+            options.append(("position", (ObjectSpec(shapes[a]), ObjectSpec(shapes[b])), rel))
     if not options:
         return None
     family, objects, rel = options[int(rng.integers(len(options)))]

@@ -133,6 +133,11 @@ class Scene:
     def replace_objects(self, objects: list[ShapeObject] | tuple[ShapeObject, ...]) -> Scene:
         return Scene(self.width, self.height, self.background, tuple(objects))
 
+    def reading_order(self) -> list[ShapeObject]:
+        """The objects top to bottom, then left to right (by box corner): the order in which a
+        raster-scan model starts drawing them, and the order captions list them in."""
+        return sorted(self.objects, key=lambda o: (o.y, o.x))
+
     def unique_objects(self) -> list[int]:
         """Indices of objects whose colour+shape is unique in the scene (unambiguous references)."""
         keys = [(o.color, o.shape) for o in self.objects]
