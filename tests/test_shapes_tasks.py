@@ -62,16 +62,23 @@ def test_captions_and_scene_prompts_name_objects_in_reading_order():
     text = caption(scene, np.random.default_rng(0), "list")
     assert text == "A red circle, a blue square and a pink cross on a gray background."
     rng = np.random.default_rng(1)
-    relations = Counter()
+    relations, texts = Counter(), set()
     for _ in range(300):
         scene = sample_scene(rng, n_objects=2)
         names = [(m.group(2), m.group(3)) for m in _OBJECT_RE.finditer(caption(scene, rng, "list").lower())]
         assert names == list(dict.fromkeys((o.color, o.shape) for o in scene.reading_order()))
         spec = prompt_from_scene(scene, rng)
+        if spec is not None:
+            assert scene_satisfies(spec, scene), spec
+            texts.add(spec.text)
         if spec is not None and spec.family == "position":
             relations[spec.relation] += 1
     # reading order puts the upper/left object first, but position prompts still use all four relations
     assert set(relations) == {"left", "right", "above", "below"}
+    # training prompts also come without "an image of", and position prompts with colours
+    assert any(not t.startswith("an image of") for t in texts)
+    colored_position = re.compile(r"^(an image of )?an? \w+ \w+ (to the left of|to the right of|above|below) an? \w+ \w+$")
+    assert any(colored_position.match(t) for t in texts)
 
 
 def test_questions_have_exact_answers():

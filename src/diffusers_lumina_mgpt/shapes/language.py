@@ -216,7 +216,11 @@ def make_prompt(family: str, rng: np.random.Generator, split: str = "train") -> 
 
 
 def prompt_from_scene(scene: Scene, rng: np.random.Generator) -> PromptSpec | None:
-    """A family prompt that the scene satisfies (closed world), or None if no family fits it."""
+    """A family prompt that the scene satisfies (closed world), or None if no family fits it.
+
+    For training variety, beyond the evaluation's phrasings: a position prompt names the colours too
+    half the time ("a red circle to the left of a blue square"), and 30% of prompts drop the
+    leading "an image of", as people type prompts."""
     objs = scene.reading_order()
     shapes = [o.shape for o in objs]
     options: list[tuple[str, tuple[ObjectSpec, ...], str | None]] = []
@@ -233,11 +237,16 @@ def prompt_from_scene(scene: Scene, rng: np.random.Generator) -> PromptSpec | No
         a, b = (0, 1) if rng.random() < 0.5 else (1, 0)
         rel = clear_relation(objs[a], objs[b])
         if rel is not None:
-            options.append(("position", (ObjectSpec(shapes[a]), ObjectSpec(shapes[b])), rel))
+            colored = rng.random() < 0.5
+            options.append(("position", tuple(ObjectSpec(objs[k].shape, objs[k].color if colored else None)
+                                              for k in (a, b)), rel))
     if not options:
         return None
     family, objects, rel = options[int(rng.integers(len(options)))]
-    return PromptSpec(family, prompt_text(family, objects, rel), objects, rel)
+    text = prompt_text(family, objects, rel)
+    if rng.random() < 0.3:
+        text = text.removeprefix("an image of ")
+    return PromptSpec(family, text, objects, rel)
 
 
 # ----------------------------------------------------------------------------- VQA
