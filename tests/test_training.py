@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import signal
 import subprocess
 import sys
@@ -194,6 +195,28 @@ def test_mixture_counts_and_batches_are_a_function_of_step(tiny_base, tmp_path):
     assert (padded_labels[:, ids.shape[1]:] == IGNORE_INDEX).all() and (padded[:, ids.shape[1]:] == 0).all()
 
 
+def test_prompt_dropout_can_be_limited_to_some_tasks(tiny_base, tmp_path):
+    for task in ("t2i", "segmentation"):
+        pretokenize(open_source(f"shapes:{task}", 8, seed=0), tiny_base, 64, tmp_path / task, progress=False)
+    datasets = [PretokenizedDataset(tmp_path / t) for t in ("t2i", "segmentation")]
+
+    def dropped_tasks(dropout_tasks):
+        mix = MixtureBatches(datasets, [0.5, 0.5], 8, seed=0, stage=0, prompt_dropout=0.5, boi_id=4, eoi_id=5,
+                             dropout_tasks=dropout_tasks)
+        return Counter(r.task for s in range(6) for r in mix.global_batch(s) if r.ids[0] == 4)
+
+    assert set(dropped_tasks(None)) == {"t2i", "segmentation"}
+    only_t2i = dropped_tasks(["t2i"])
+    # the same rows of t2i lose their prompt; no segmentation row does
+    assert set(only_t2i) == {"t2i"} and only_t2i["t2i"] == dropped_tasks(None)["t2i"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"new": {"hidden_size": 8}}, "stages": [{"name": "a", "size": 64, "steps": 1,
+                                                "data": [{"source": "shapes:t2i", "n": 8}]}]}))
+    assert load_train_config(path, ["train.prompt_dropout_tasks=[t2i]"])["train"]["prompt_dropout_tasks"] == ["t2i"]
+    with pytest.raises(ValueError, match="prompt_dropout_tasks must be a non-empty list"):
+        load_train_config(path, ["train.prompt_dropout_tasks=t2i"])
+
+
 def test_learning_rate_schedule_per_stage():
     cfg = {"train": {"lr": 1.0, "warmup": 2, "min_lr_ratio": 0.1},
            "stages": [{"steps": 10}, {"steps": 10, "lr": 0.5}]}
@@ -367,6 +390,10 @@ def test_example_configs_are_valid():
         config = load_train_config(EXAMPLES / "shapesworld" / name)
         assert [s["size"] for s in config["stages"]] == sorted(s["size"] for s in config["stages"])  # FP-SFT: low -> high
         load_vq_config(Path(config["_config_dir"]) / config["vq_recipe"])
+    # the FP-SFT control differs from the recipe only in its stages: one, at the final size
+    default, control = (load_train_config(EXAMPLES / "shapesworld" / n) for n in ("default.yaml", "one-stage.yaml"))
+    assert control["train"] == default["train"] and control["model"] == default["model"]
+    assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
     more = load_train_config(EXAMPLES / "shapesworld" / "default-continue.yaml", ["model.pretrained=/a/pipeline"])
     assert more["model"]["pretrained"] == "/a/pipeline" and more["stages"][0]["size"] == 64
     for n in (1, 8, 32):

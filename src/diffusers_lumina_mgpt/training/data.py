@@ -102,17 +102,21 @@ def mixture_counts(ratios: list[float], batch_size: int) -> list[int]:
 class Row:
     ids: np.ndarray
     labels: np.ndarray
+    task: str = ""
 
 
 class MixtureBatches:
     """Global batches of a stage (see the module docstring)."""
 
     def __init__(self, datasets: list[PretokenizedDataset], ratios: list[float], batch_size: int, seed: int,
-                 stage: int, prompt_dropout: float, boi_id: int, eoi_id: int):
+                 stage: int, prompt_dropout: float, boi_id: int, eoi_id: int,
+                 dropout_tasks: list[str] | None = None):
         self.datasets = datasets
         self.counts = mixture_counts(ratios, batch_size)
         self.seed, self.stage = seed, stage
         self.prompt_dropout = prompt_dropout
+        # tasks whose rows may lose their prompt (None: all); the CFG context models these rows' images
+        self.dropout_tasks = None if dropout_tasks is None else frozenset(dropout_tasks)
         self.boi_id, self.eoi_id = boi_id, eoi_id
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
@@ -130,9 +134,12 @@ class MixtureBatches:
         for d, (ds, count) in enumerate(zip(self.datasets, self.counts)):
             for k in range(step * count, (step + 1) * count):
                 epoch, pos = divmod(k, len(ds))
-                rows.append(Row(*ds.row(int(self._perm(d, epoch)[pos]))))
+                i = int(self._perm(d, epoch)[pos])
+                rows.append(Row(*ds.row(i), ds.tasks[i]))
         rng = np.random.default_rng([self.seed, self.stage, 1_000_003, step])
         drop = rng.random(len(rows)) < self.prompt_dropout
+        if self.dropout_tasks is not None:
+            drop &= np.array([r.task in self.dropout_tasks for r in rows], dtype=bool)
         rows = [self._drop_prompt(r) if dropped else r for r, dropped in zip(rows, drop)]
         rows.sort(key=lambda r: len(r.ids))
         return rows
@@ -147,7 +154,7 @@ class MixtureBatches:
         eoi = np.flatnonzero(row.ids[start:] == self.eoi_id)
         end = start + int(eoi[0]) + 1 if len(eoi) else len(row.ids)
         ids = row.ids[start:end]
-        return Row(ids, ids.copy())
+        return Row(ids, ids.copy(), row.task)
 
     def micro_batches(self, step: int, micro_batch_size: int, rank: int, world: int) -> tuple[list[list[Row]], int]:
         """This process's micro-batches of the step, and the supervised-token count of the whole global batch."""

@@ -48,7 +48,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "train": {
         "batch_size": 32, "micro_batch_size": 16, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.02,
         "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "mixed_precision": "no",
-        "gradient_checkpointing": False, "prompt_dropout": 0.1, "checkpoint_every": 200, "keep_checkpoints": 2,
+        "gradient_checkpointing": False, "prompt_dropout": 0.1, "prompt_dropout_tasks": None, "checkpoint_every": 200, "keep_checkpoints": 2,
         "threads": None, "pad_to_multiple_of": 64,
     },
     "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?}]}]
@@ -72,6 +72,10 @@ def check_config(config: dict[str, Any]) -> None:
                          f"({tr['micro_batch_size']})")
     if not 0 <= tr["prompt_dropout"] < 1:
         raise ValueError(f"train.prompt_dropout must be in [0, 1), got {tr['prompt_dropout']}")
+    tasks = tr["prompt_dropout_tasks"]
+    if tasks is not None and (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)):
+        raise ValueError("train.prompt_dropout_tasks must be a non-empty list of task names (e.g. [t2i]) or null "
+                         f"(every row whose answer is an image), got {tasks!r}")
     if tr["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ValueError(f"train.mixed_precision must be no, bf16 or fp16, got {tr['mixed_precision']!r}")
     stages = config["stages"]
@@ -322,7 +326,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
             optimizer.optimizer.state = defaultdict(dict)  # a stage starts with fresh AdamW moments
         datasets = [PretokenizedDataset(run / "data" / st["name"] / f"{k}") for k in range(len(st["data"]))]
         batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in st["data"]], int(tr["batch_size"]),
-                                 int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id)
+                                 int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
+                                 dropout_tasks=tr["prompt_dropout_tasks"])
         while global_step < start + steps:
             t0 = time.perf_counter()
             micro, supervised = batches.micro_batches(global_step - start, int(tr["micro_batch_size"]), rank, world)
