@@ -48,8 +48,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "train": {
         "batch_size": 32, "micro_batch_size": 16, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.02,
         "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "mixed_precision": "no",
-        "gradient_checkpointing": False, "prompt_dropout": 0.1, "prompt_dropout_tasks": None, "checkpoint_every": 200, "keep_checkpoints": 2,
-        "threads": None, "pad_to_multiple_of": 64,
+        "gradient_checkpointing": False, "prompt_dropout": 0.1, "prompt_dropout_tasks": None, "checkpoint_every": 200,
+        "keep_checkpoints": 2, "threads": None, "pad_to_multiple_of": 64,
     },
     "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?}]}]
 }
