@@ -173,15 +173,18 @@ class PromptSpec:
         return cls(data["family"], data["text"], tuple(ObjectSpec(**o) for o in data["objects"]), data.get("relation"))
 
 
+PROMPT_PREFIX = "an image of "  # every family prompt starts with it
+
+
 def prompt_text(family: str, objects: tuple[ObjectSpec, ...], relation: str | None = None) -> str:
     def one(o: ObjectSpec) -> str:
         return count_phrase(1, *([o.color] if o.color else []), o.shape)
 
     if family == "counting":
-        return f"an image of {count_phrase(len(objects), objects[0].shape)}"
+        return PROMPT_PREFIX + count_phrase(len(objects), objects[0].shape)
     if family == "position":
-        return f"an image of {one(objects[0])} {RELATION_PHRASES[relation]} {one(objects[1])}"
-    return "an image of " + " and ".join(one(o) for o in objects)
+        return f"{PROMPT_PREFIX}{one(objects[0])} {RELATION_PHRASES[relation]} {one(objects[1])}"
+    return PROMPT_PREFIX + " and ".join(one(o) for o in objects)
 
 
 def make_prompt(family: str, rng: np.random.Generator, split: str = "train") -> PromptSpec:
@@ -245,7 +248,7 @@ def prompt_from_scene(scene: Scene, rng: np.random.Generator) -> PromptSpec | No
     family, objects, rel = options[int(rng.integers(len(options)))]
     text = prompt_text(family, objects, rel)
     if rng.random() < 0.3:
-        text = text.removeprefix("an image of ")
+        text = text.removeprefix(PROMPT_PREFIX)
     return PromptSpec(family, text, objects, rel)
 
 
