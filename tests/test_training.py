@@ -200,18 +200,22 @@ def test_prompt_dropout_can_be_limited_to_some_tasks(tiny_base, tmp_path):
         pretokenize(open_source(f"shapes:{task}", 8, seed=0), tiny_base, 64, tmp_path / task, progress=False)
     datasets = [PretokenizedDataset(tmp_path / t) for t in ("t2i", "segmentation")]
 
+    def mix(dropout_tasks):
+        return MixtureBatches(datasets, [0.5, 0.5], 8, seed=0, stage=0, prompt_dropout=0.5, boi_id=4, eoi_id=5,
+                              dropout_tasks=dropout_tasks)
+
     def dropped_tasks(dropout_tasks):
-        mix = MixtureBatches(datasets, [0.5, 0.5], 8, seed=0, stage=0, prompt_dropout=0.5, boi_id=4, eoi_id=5,
-                             dropout_tasks=dropout_tasks)
-        return Counter(r.task for s in range(6) for r in mix.global_batch(s) if r.ids[0] == 4)
+        return Counter(r.task for s in range(6) for r in mix(dropout_tasks).global_batch(s) if r.ids[0] == 4)
 
     assert set(dropped_tasks(None)) == {"t2i", "segmentation"}
     only_t2i = dropped_tasks(["t2i"])
     # the same rows of t2i lose their prompt; no segmentation row does
     assert set(only_t2i) == {"t2i"} and only_t2i["t2i"] == dropped_tasks(None)["t2i"]
+    # a task name no row has (a typo) drops nothing, which the trainer reports per stage
+    assert mix(["t2i"]).can_drop and mix(None).can_drop and not mix(["T2I"]).can_drop
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"model": {"new": {"hidden_size": 8}}, "stages": [{"name": "a", "size": 64, "steps": 1,
-                                                "data": [{"source": "shapes:t2i", "n": 8}]}]}))
+    stage = {"name": "a", "size": 64, "steps": 1, "data": [{"source": "shapes:t2i", "n": 8}]}
+    path.write_text(yaml.safe_dump({"model": {"new": {"hidden_size": 8}}, "stages": [stage]}))
     assert load_train_config(path, ["train.prompt_dropout_tasks=[t2i]"])["train"]["prompt_dropout_tasks"] == ["t2i"]
     with pytest.raises(ValueError, match="prompt_dropout_tasks must be a non-empty list"):
         load_train_config(path, ["train.prompt_dropout_tasks=t2i"])

@@ -117,6 +117,8 @@ class MixtureBatches:
         self.prompt_dropout = prompt_dropout
         # tasks whose rows may lose their prompt (None: all); the CFG context models these rows' images
         self.dropout_tasks = None if dropout_tasks is None else frozenset(dropout_tasks)
+        # False when no row of any dataset has one of those tasks (e.g. a misspelt name): nothing is dropped
+        self.can_drop = self.dropout_tasks is None or any(not self.dropout_tasks.isdisjoint(ds.tasks) for ds in datasets)
         self.boi_id, self.eoi_id = boi_id, eoi_id
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 

@@ -328,6 +328,10 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in st["data"]], int(tr["batch_size"]),
                                  int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
                                  dropout_tasks=tr["prompt_dropout_tasks"])
+        if main and tr["prompt_dropout"] > 0 and not batches.can_drop:
+            print(f"[{st['name']}] no prompt is dropped in this stage: no row's task is in train.prompt_dropout_tasks "
+                  f"{tr['prompt_dropout_tasks']} (its tasks: {sorted({t for ds in datasets for t in ds.tasks})})",
+                  flush=True)
         while global_step < start + steps:
             t0 = time.perf_counter()
             micro, supervised = batches.micro_batches(global_step - start, int(tr["micro_batch_size"]), rank, world)
