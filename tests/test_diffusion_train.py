@@ -166,6 +166,7 @@ def test_full_recipe_uses_the_ar_recipes_text_to_image_records():
 
 def test_shifted_schedule_pooled_text_and_heads_reach_the_exported_pipeline(smoke_run):
     from diffusers import DDPMScheduler, DiffusionPipeline
+
     from diffusers_lumina_mgpt.training.diffusion_train import build_noise_scheduler, build_unet
 
     config = load_diffusion_config(SMOKE)
