@@ -76,10 +76,13 @@ def test_eval_a_lumina_mgpt_pipeline_folder(tiny_pipe_dir, tmp_path):
     """Our own pipeline folders load through their `_class_name` and generate at the requested size."""
     out, images = tmp_path / "scores.json", tmp_path / "images"
     argv = ["eval", "shapes", "--model", str(tiny_pipe_dir), "--n", "1", "--seed", "0", "--families", "counting",
-            "--size", "64x32", "--json", str(out), "--save-images", str(images)]
+            "--size", "64x32", "--json", str(out), "--save-images", str(images), "--guidance-scale", "2",
+            "--image-top-k", "3", "--temperature", "0.7"]
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert set(result["families"]) == {"counting"} and result["size"] == [64, 32]
+    # the sampling settings are recorded beside the scores they produced
+    assert result["call_kwargs"] == {"guidance_scale": 2.0, "image_top_k": 3, "temperature": 0.7}
     saved = sorted(images.glob("*.png"))
     assert len(saved) == 1 and Image.open(saved[0]).size == (64, 32)
 

@@ -92,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--num-inference-steps", type=int, help="passed to the pipeline call if given")
     ev.add_argument("--guidance-scale", type=float, help="passed to the pipeline call if given")
     ev.add_argument("--image-top-k", type=int, help="image_top_k passed to our pipelines if given")
+    ev.add_argument("--temperature", type=float, help="sampling temperature passed to our pipelines if given (t2i)")
     ev.add_argument("--task", default="t2i", choices=[*TASKS],
                     help="t2i scores text-to-image by prompt family; the others replay ShapesWorld Omni records "
                          "(caption, vqa, edit, multiedit, segmentation, depth, noedit) through LuminaMGPTEditPipeline")
@@ -183,7 +184,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.task != "t2i":
         return _eval_task(args)
     call_kwargs = {k: v for k, v in (("num_inference_steps", args.num_inference_steps),
-                                     ("guidance_scale", args.guidance_scale), ("image_top_k", args.image_top_k))
+                                     ("guidance_scale", args.guidance_scale), ("image_top_k", args.image_top_k),
+                                     ("temperature", args.temperature))
                    if v is not None}
     result = evaluate_shapes(args.model, n=args.n, seed=args.seed, families=args.families, size=args.size,
                              ground_truth=args.ground_truth, device=args.device, dtype=args.dtype,
@@ -199,7 +201,7 @@ def _eval(args: argparse.Namespace) -> int:
         for fam, acc in result["heldout"]["families"].items():
             print(f"    {fam:12s} {acc:.3f}")
         print(f"    {'overall':12s} {result['heldout']['overall']:.3f}")
-    _write_json(args.json, result)
+    _write_json(args.json, {**result, "call_kwargs": call_kwargs})
     return 0
 
 
