@@ -218,9 +218,8 @@ def make_prompt(family: str, rng: np.random.Generator, split: str = "train") -> 
     return PromptSpec(family, prompt_text(family, objects, relation), objects, relation)
 
 
-def prompt_from_scene(scene: Scene, rng: np.random.Generator, family: str | None = None) -> PromptSpec | None:
-    """A family prompt that the scene satisfies (closed world), or None if no family fits it
-    (`family`: only that family's prompt, or None if it does not fit).
+def prompt_from_scene(scene: Scene, rng: np.random.Generator) -> PromptSpec | None:
+    """A family prompt that the scene satisfies (closed world), or None if no family fits it.
 
     For training variety, beyond the evaluation's phrasings: a position prompt names the colours too
     half the time ("a red circle to the left of a blue square"), and 30% of prompts drop the
@@ -244,8 +243,6 @@ def prompt_from_scene(scene: Scene, rng: np.random.Generator, family: str | None
             colored = rng.random() < 0.5
             options.append(("position", tuple(ObjectSpec(objs[k].shape, objs[k].color if colored else None)
                                               for k in (a, b)), rel))
-    if family is not None:
-        options = [o for o in options if o[0] == family]
     if not options:
         return None
     family, objects, rel = options[int(rng.integers(len(options)))]

@@ -20,8 +20,7 @@ from PIL import Image
 
 from ..prompts import DEPTH_TEXT, IMAGE_PLACEHOLDER, SEGMENTATION_TEXT, TEXT_TO_IMAGE_TEMPLATE
 from .language import (
-    FAMILIES, NOEDIT_INSTRUCTIONS, PromptSpec, caption, edit_instruction, make_prompt, make_question,
-    prompt_from_scene,
+    NOEDIT_INSTRUCTIONS, PromptSpec, caption, edit_instruction, make_question, prompt_from_scene,
 )
 from .render import DEGRADATIONS, degrade, render_depth, render_scene, render_segmentation
 from .scene import (
@@ -135,32 +134,9 @@ def _scene_target(scene: Scene, regions: dict[int, str] | None = None) -> dict[s
 
 
 # ----------------------------------------------------------------------------- task builders
-# Share of training text-to-image records whose prompt is one of the evaluation's families, drawn
-# uniformly over the families (each scene laid out for its prompt); the rest are full scene captions.
-# Drawing scenes at random instead gave each of counting, two_object, position and color_attr only
-# about 3% of the records (a random scene rarely fits them).
-FAMILY_PROMPT_SHARE = 0.75
-
-
-def _family_t2i(rng: np.random.Generator, split: str) -> tuple[Scene, PromptSpec] | None:
-    """A scene laid out for a random family prompt of the training split, and that family's prompt
-    re-read from the scene (phrasing variety as in `prompt_from_scene`); None if it cannot be laid out."""
-    family = FAMILIES[int(rng.integers(len(FAMILIES)))]
-    try:
-        scene = scene_for_prompt(make_prompt(family, rng, split), rng, split=split)
-    except ValueError:
-        return None
-    spec = prompt_from_scene(scene, rng, family=family)
-    return None if spec is None else (scene, spec)
-
-
 def make_t2i(rng: np.random.Generator, split: str) -> TaskRecord:
-    drawn = _family_t2i(rng, split) if split == "train" and rng.random() < FAMILY_PROMPT_SHARE else None
-    if drawn is not None:
-        scene, spec = drawn
-    else:
-        scene = sample_scene(rng, split=split)
-        spec = prompt_from_scene(scene, rng) if rng.random() < 0.5 else None
+    scene = sample_scene(rng, split=split)
+    spec = prompt_from_scene(scene, rng) if rng.random() < 0.5 else None
     text = spec.text if spec is not None else caption(scene, rng)
     human = TEXT_TO_IMAGE_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
     target = {"kind": "prompt", "text": text, "spec": spec.to_dict() if spec else None, "scene": scene.to_dict()}
