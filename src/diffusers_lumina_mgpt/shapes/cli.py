@@ -201,7 +201,7 @@ def _eval(args: argparse.Namespace) -> int:
         for fam, acc in result["heldout"]["families"].items():
             print(f"    {fam:12s} {acc:.3f}")
         print(f"    {'overall':12s} {result['heldout']['overall']:.3f}")
-    _write_json(args.json, {**result, "call_kwargs": call_kwargs})
+    _write_json(args.json, result)
     return 0
 
 

@@ -166,7 +166,9 @@ def evaluate_shapes(model: str | Path | None, n: int = 10, seed: int = 0, famili
         pipe = load_pipeline(model, device, dtype)
         generate, source = pipeline_generator(pipe, size, call_kwargs, device), str(model)
     result = evaluate_prompts(generate, items, progress, image_dir, batch_size)
-    return {**result, "model": source, "n": n, "seed": seed, "size": list(size)}
+    # the sampling arguments every call got (none for the ground-truth renders), beside the scores they produced
+    used = {} if ground_truth else dict(call_kwargs or {})
+    return {**result, "model": source, "n": n, "seed": seed, "size": list(size), "call_kwargs": used}
 
 
 # ----------------------------------------------------------------------------- scorer calibration
