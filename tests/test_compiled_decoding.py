@@ -72,6 +72,7 @@ def test_compiled_decoding_reproduces_lumina_mgpt_tokens(t2i, case, scheduler):
         decoder = pipe.compiled_decoder
         calls, cache = decoder.num_compiled_calls, decoder.cache
         assert calls > 0
+        assert decoder._frozen is not None  # a CPU compiles the step with frozen weights (C++ GEMMs) by default
         frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         again = pipe(case["prompt"] + " again", **kw)  # another prompt length, the same cache and graphs
         assert decoder.cache is cache and decoder.num_compiled_calls > calls
@@ -134,6 +135,12 @@ def test_text_to_image_pipeline_has_the_switch(tiny_pipe_dir):
     assert p.compiled_decoder is None
     p.enable_compiled_decoding(mode="default", seq_multiple=64)
     assert isinstance(p.compiled_decoder, CompiledDecoder) and p.compiled_decoder.seq_multiple == 64
+    cpu = torch.device("cpu")
+    assert not p.compiled_decoder._freezes(cpu)  # a mode given: inductor's plain compile, weights not frozen
+    p.enable_compiled_decoding()
+    assert p.compiled_decoder._freezes(cpu) and not p.compiled_decoder._freezes(torch.device("cuda"))
+    p.enable_compiled_decoding(freeze=False)
+    assert not p.compiled_decoder._freezes(cpu)
     p.disable_compiled_decoding()
     assert p.compiled_decoder is None
 

@@ -19,13 +19,23 @@ Shapes are kept few:
   new prompt of similar length compiles nothing. Stale keys/values in a reused cache are invisible
   (prefill rewrites every prompt slot; later slots are hidden until rewritten).
 
+* **Weights on a CPU** are frozen into the graph: the step is compiled as a module (`FrozenDecodeStep`)
+  under inductor's `freezing` with its C++ GEMM template (`max_autotune_gemm_backends="CPP"`, a single
+  choice, so nothing is benchmarked), which packs each weight once and streams it at the machine's
+  read rate for the 1-2 rows of a CFG decode step. MKL's small-M GEMM streams it at about half that rate,
+  and a step's time is mostly weight reads (docs/benchmarks.md). The graph holds a packed copy of the
+  weights, so edit them only after `pipe.disable_compiled_decoding()`.
+
 The eager path stays the reference: `tests/test_compiled_decoding.py` compares both token for token.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+
 import torch
+from torch import nn
 
 from .kv_cache import StaticKVCache, cached_attention_mask
 from .fast_linear import WeightRows, linear
@@ -43,11 +53,12 @@ def static_decode_forward(
     cache_position: torch.Tensor,  # (T,)
     kv_mask: torch.Tensor,  # (R, max_seq_len) bool
     lm_rows: torch.Tensor,  # (K, hidden) lm_head rows of the tokens whose logits are wanted
+    kv_len: int | None = None,  # attend to cache slots [0, kv_len) (past every query's slot); None: all
 ) -> torch.Tensor:
-    """Logits (R, T, K) float32 of a cached forward over the whole cache; the same numbers as the eager
+    """Logits (R, T, K) float32 of a cached forward over the cache; the same numbers as the eager
     `transformer(input_ids, position_ids=..., cache_position=..., kv_mask=..., logits_token_ids=...)`."""
     rows = input_ids.shape[0]
-    kv_len = cache.max_seq_len
+    kv_len = cache.max_seq_len if kv_len is None else kv_len
     x = transformer.model.embed_tokens(input_ids)
     mask = cached_attention_mask(cache_position, kv_len, rows, kv_mask)
     cos, sin = transformer._rope(position_ids, x.dtype)
@@ -55,6 +66,26 @@ def static_decode_forward(
         x = layer(x, cos, sin, mask, False, cache, cache_position, kv_len)
     x = transformer.model.norm(x)
     return linear(x, lm_rows).float()
+
+
+class FrozenDecodeStep(nn.Module):
+    """`static_decode_forward` of one transformer as a module, with the lm_head rows of the wanted tokens as a
+    buffer: compiled under inductor's `freezing`, the weights and those rows become constants of the graph."""
+
+    def __init__(self, transformer: LuminaMGPTTransformer, lm_rows: torch.Tensor) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.register_buffer("lm_rows", lm_rows, persistent=False)
+
+    def forward(self, cache: StaticKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                cache_position: torch.Tensor, kv_mask: torch.Tensor, kv_len: int) -> torch.Tensor:
+        return static_decode_forward(self.transformer, cache, input_ids, position_ids, cache_position, kv_mask,
+                                     self.lm_rows, kv_len)
+
+
+# inductor settings of a frozen CPU step: weights are constants, GEMMs use the C++ template (no benchmarking)
+KV_BLOCK = 64
+FROZEN_CPU_CONFIG = {"freezing": True, "max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
 
 
 def _bucket(n: int) -> int:
@@ -70,14 +101,18 @@ class CompiledDecoder:
     cpu_max_window: on a CPU, longer windows run eagerly (None: compile all). Jacobi's windows measured
         slower compiled than eager there (7.2 against 5.5 s per 256 px image, 35M config, 2 cores); AR's
         windows (1 or 2 tokens) are faster compiled.
+    freeze: compile a `FrozenDecodeStep` (weights as graph constants, C++ GEMMs); None: on a CPU with
+        inductor and no mode given. The first call at each window size compiles C++ (tens of seconds).
     """
 
     def __init__(self, mode: str | None = None, backend: str = "inductor", fullgraph: bool = True,
-                 seq_multiple: int = 256, cpu_max_window: int | None = 2) -> None:
+                 seq_multiple: int = 256, cpu_max_window: int | None = 2, freeze: bool | None = None) -> None:
         if seq_multiple < 1:
             raise ValueError(f"seq_multiple must be >= 1, got {seq_multiple}")
         self.mode, self.backend, self.fullgraph, self.seq_multiple = mode, backend, fullgraph, seq_multiple
         self.cpu_max_window = cpu_max_window
+        self.freeze = freeze
+        self._frozen: tuple | None = None  # (transformer, token ids, compiled FrozenDecodeStep)
         self.cache: StaticKVCache | None = None  # kept across calls, lent to one session at a time
         self._lent = False
         self._compiled: dict[str, object] = {}  # device type -> compiled function
@@ -87,7 +122,8 @@ class CompiledDecoder:
         self.num_compiled_calls = 0
 
     def __repr__(self) -> str:
-        return f"CompiledDecoder(mode={self.mode!r}, backend={self.backend!r}, seq_multiple={self.seq_multiple})"
+        return (f"CompiledDecoder(mode={self.mode!r}, backend={self.backend!r}, seq_multiple={self.seq_multiple}, "
+                f"freeze={self.freeze!r})")
 
     def _mode(self, device: torch.device) -> str | None:
         if self.mode is not None:
@@ -97,6 +133,23 @@ class CompiledDecoder:
     def _pads(self, device: torch.device) -> bool:
         """Whether windows are padded to fixed sizes: under CUDA graphs (fixed shapes), not on a CPU."""
         return device.type == "cuda"
+
+    def _freezes(self, device: torch.device) -> bool:
+        if self.freeze is not None:
+            return self.freeze
+        return device.type == "cpu" and self.backend == "inductor" and self.mode is None
+
+    def _frozen_step(self, transformer: LuminaMGPTTransformer, token_ids: torch.Tensor):
+        """The compiled `FrozenDecodeStep` of this transformer and these tokens' lm_head rows (built anew when
+        either changes; a new one compiles anew)."""
+        kept = self._frozen
+        if kept is None or kept[0] is not transformer or not torch.equal(kept[1], token_ids.to(kept[1].device)):
+            self._frozen = None
+            weight = transformer.lm_head.weight
+            step = FrozenDecodeStep(transformer, weight.detach().index_select(0, token_ids.to(weight.device)))
+            fn = torch.compile(step, mode=self.mode, backend=self.backend, fullgraph=self.fullgraph)
+            self._frozen = kept = (transformer, token_ids.clone(), fn)
+        return kept[2]
 
     def _function(self, device: torch.device):
         fn = self._compiled.get(device.type)
@@ -142,6 +195,7 @@ class CompiledDecoder:
         self.cache = None
         self._lent = False
         self._lm_rows.clear()
+        self._frozen = None
 
     # ------------------------------------------------------------------ forward
     def __call__(
@@ -174,6 +228,16 @@ class CompiledDecoder:
         device = tokens.device
         if transformer._inv_freq is None or transformer._inv_freq.device != device:
             transformer._rope(position_ids[:1, :1], torch.float32)  # set the RoPE table eagerly: graphs guard on it
+        if self._freezes(device):
+            from torch._inductor import config as inductor_config
+
+            fn = self._frozen_step(transformer, token_ids)
+            # attend to the slots in use, rounded up to KV_BLOCK (one dynamic-length graph after the second size)
+            kv_len = min(cache.max_seq_len, -(-(int(cache_position.max()) + 1) // KV_BLOCK) * KV_BLOCK)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT), inductor_config.patch(FROZEN_CPU_CONFIG):
+                logits = fn(cache, tokens, position_ids, cache_position, kv_mask, kv_len)
+            self.num_compiled_calls += 1
+            return logits[:, :T]
         fn = self._function(device)
         graphs = self._mode(device) == "reduce-overhead"
         lm_rows = self._lm_rows.get(transformer.lm_head.weight, token_ids,

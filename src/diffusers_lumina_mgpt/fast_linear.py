@@ -24,8 +24,19 @@ from torch import nn
 _SMALL_M_ROWS = 8
 
 
+def frozen_compile() -> bool:
+    """Whether inductor is tracing with frozen weights (`compiled_decoding`'s CPU step): its C++ GEMM template
+    then packs each constant weight and matches the `F.linear` form, which beats `weight @ x.T`."""
+    if not torch.compiler.is_compiling():
+        return False
+    from torch._inductor import config
+
+    return bool(config.freezing)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, routed through `weight @ x.T` for fp32 CPU inference on at most 8 rows."""
+    """`F.linear`, routed through `weight @ x.T` for fp32 CPU inference on at most 8 rows (except under a
+    frozen compile, see `frozen_compile`)."""
     rows = x.numel() // x.shape[-1] if x.numel() else 0
     if (
         0 < rows <= _SMALL_M_ROWS
@@ -33,6 +44,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not frozen_compile()
     ):
         x2 = x.reshape(rows, x.shape[-1])
         if rows == 1:

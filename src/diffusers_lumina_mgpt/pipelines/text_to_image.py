@@ -100,7 +100,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ compiled decoding
     def enable_compiled_decoding(self, mode: str | None = None, backend: str = "inductor", seq_multiple: int = 256,
-                                 cpu_max_window: int | None = 2) -> None:
+                                 cpu_max_window: int | None = 2, freeze: bool | None = None) -> None:
         """Run image decoding steps through `torch.compile` (see `compiled_decoding.py`).
 
         The first call at a new shape compiles (seconds on small models, a minute or more at 7B); later
@@ -108,10 +108,12 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         ("reduce-overhead") on CUDA and inductor's default on CPU. Tokens are those of eager decoding up
         to floating-point rounding (identical at top-k 1 in the tests). `disable_compiled_decoding()`
         goes back to eager decoding and frees the kept cache. On a CPU, windows longer than
-        `cpu_max_window` tokens (Jacobi's) stay eager, which measured faster there.
+        `cpu_max_window` tokens (Jacobi's) stay eager, which measured faster there. On a CPU (mode None) the
+        weights are frozen into the graph, whose C++ GEMMs stream them at the machine's read rate; `freeze`
+        overrides that choice. Change weights only after `disable_compiled_decoding()`.
         """
         self._compiled_decoder = CompiledDecoder(mode=mode, backend=backend, seq_multiple=seq_multiple,
-                                                 cpu_max_window=cpu_max_window)
+                                                 cpu_max_window=cpu_max_window, freeze=freeze)
 
     def disable_compiled_decoding(self) -> None:
         """Decode eagerly again and free the compiled decoder's KV cache."""

@@ -140,6 +140,10 @@ class ImageDecodeStepOutput(BaseOutput):
 class ImageDecodingMixin:
     """Shared engine of the AR and Jacobi schedulers; the Jacobi scheduler drafts (`num_drafts`, `draft_init`)."""
 
+    # without drafts, `step` and `window` take a short path with the general path's tokens and random draws
+    # (False runs the general path: the tests compare both)
+    plain_fast_path = True
+
     @classmethod
     def _get_compatibles(cls) -> list[type]:
         """`scheduler.compatibles`: diffusers looks names up in its own module; ours live in this package."""
@@ -190,6 +194,8 @@ class ImageDecodingMixin:
         position that did not pass: from `max(0, p_now - p_draft)` where a draft was rejected, else from
         `p_now`. Every kept token follows the distribution plain sampling gives it.
         """
+        if self.plain_fast_path and self.num_drafts == 0 and min(state.num_accepted) == max(state.num_accepted):
+            return self._plain_step(state, logits)
         lay = state.layout
         before = list(state.num_accepted)
         B, T, C = logits.shape
@@ -255,6 +261,32 @@ class ImageDecodingMixin:
         return ImageDecodeStepOutput(list(state.num_accepted), [n - m for n, m in zip(state.num_accepted, before)],
                                      state.finished)
 
+    def _plain_step(self, state: ImageDecodeState, logits: torch.Tensor) -> ImageDecodeStepOutput:
+        """`step` without drafts, every row at the same body position `n`: the window fed final tokens only,
+        so its last logits are position `n`'s distribution. The same tokens and random draws as the general
+        step (a test compares both), with a fraction of its tensor work: AR decoding on a CPU spends a
+        good part of each step here."""
+        lay = state.layout
+        B, T, C = logits.shape
+        n = state.num_accepted[0]
+        first = state.window_start + 1
+        uniforms = state.random.uniform(T + 1)  # what the general step draws, so the streams stay in step
+        state.num_forwards += 1
+        probs = logits_to_probs(logits[:, n - first], **state.sampling).cpu()  # (B, C)
+        state.body[:, n] = lay.code_token_ids.cpu()[sample_with_uniform(probs, uniforms[:, T])]
+        p = n + 1
+        while p < lay.length and (tok := lay.forced(p)) is not None:
+            state.body[:, p] = tok  # forced tokens need no forward to be known
+            p += 1
+        state.num_accepted = [p] * B
+        if state.window_tokens is None:  # prefill: only the prompt is cached
+            state.num_cached = 0
+        else:  # every fed token was final: all are validly cached, the last accepted one is fed again
+            end = state.window_start + T
+            state.num_cached = max(state.num_cached, end if p >= lay.length else min(end, p - 1))
+        state.last_probs, state.last_first = probs[:, None], n
+        return ImageDecodeStepOutput([p] * B, [p - n] * B, state.finished)
+
     def _advance_cache(self, state: ImageDecodeState, probs: torch.Tensor, first: int) -> None:
         """Shared cached prefix after a step, and the Jacobi proposals this forward produced."""
         if state.window_tokens is None:  # prefill: only the prompt is cached
@@ -284,6 +316,13 @@ class ImageDecodingMixin:
         start = state.num_cached
         pending = max(n - start for n in state.num_accepted)
         T = max(1, min(pending + self.num_drafts, lay.length - start))
+        if self.plain_fast_path and self.num_drafts == 0 and start + T <= min(state.num_accepted):  # final tokens only
+            state.random.uniform(T)  # the general path's draws, so the streams stay in step
+            tokens = state.body[:, start : start + T].clone()
+            state.window_start, state.window_tokens = start, tokens
+            state.window_kind = torch.full(tokens.shape, _FINAL, dtype=torch.long)
+            state.window_codes, state.window_probs = torch.full(tokens.shape, -1, dtype=torch.long), None
+            return tokens
         B, C = state.batch_size, lay.num_codes
         code_ids = lay.code_token_ids.cpu()
         draws = state.random.uniform(T)  # (B, T)
