@@ -39,7 +39,7 @@ from torch import nn
 
 from .kv_cache import StaticKVCache, cached_attention_mask
 from .fast_linear import WeightRows, linear
-from .transformer import LuminaMGPTTransformer
+from .transformer import LuminaMGPTTransformer, rope_tables
 
 # distinct (rows, window, cache length) graphs one decoder may compile before dynamo falls back to eager
 RECOMPILE_LIMIT = 64
@@ -57,15 +57,24 @@ def static_decode_forward(
 ) -> torch.Tensor:
     """Logits (R, T, K) float32 of a cached forward over the cache; the same numbers as the eager
     `transformer(input_ids, position_ids=..., cache_position=..., kv_mask=..., logits_token_ids=...)`."""
+    m = transformer.model
+    if transformer._inv_freq is None or transformer._inv_freq.device != position_ids.device:
+        transformer._rope(position_ids[:1, :1], torch.float32)  # sets the inverse frequencies
+    return _decode(m.embed_tokens, m.layers, m.norm, transformer._inv_freq, cache, input_ids, position_ids,
+                   cache_position, kv_mask, lm_rows, kv_len)
+
+
+def _decode(embed: nn.Module, layers: nn.ModuleList, norm: nn.Module, inv_freq: torch.Tensor, cache: StaticKVCache,
+            input_ids: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor, kv_mask: torch.Tensor,
+            lm_rows: torch.Tensor, kv_len: int | None) -> torch.Tensor:
     rows = input_ids.shape[0]
     kv_len = cache.max_seq_len if kv_len is None else kv_len
-    x = transformer.model.embed_tokens(input_ids)
+    x = embed(input_ids)
     mask = cached_attention_mask(cache_position, kv_len, rows, kv_mask)
-    cos, sin = transformer._rope(position_ids, x.dtype)
-    for layer in transformer.model.layers:
+    cos, sin = rope_tables(position_ids, inv_freq, x.dtype)
+    for layer in layers:
         x = layer(x, cos, sin, mask, False, cache, cache_position, kv_len)
-    x = transformer.model.norm(x)
-    return linear(x, lm_rows).float()
+    return linear(norm(x), lm_rows).float()
 
 
 class FrozenDecodeStep(nn.Module):
@@ -74,13 +83,18 @@ class FrozenDecodeStep(nn.Module):
 
     def __init__(self, transformer: LuminaMGPTTransformer, lm_rows: torch.Tensor) -> None:
         super().__init__()
-        self.transformer = transformer
+        # the transformer's parts, not the transformer: a diffusers model's attribute lookup goes through its
+        # config, which costs hundreds of guards (a third of a millisecond per 35M step on 2 cores)
+        m = transformer.model
+        self.embed_tokens, self.layers, self.norm = m.embed_tokens, m.layers, m.norm
+        transformer._rope(torch.zeros(1, 1, dtype=torch.long, device=lm_rows.device), torch.float32)
+        self.register_buffer("inv_freq", transformer._inv_freq, persistent=False)
         self.register_buffer("lm_rows", lm_rows, persistent=False)
 
     def forward(self, cache: StaticKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 cache_position: torch.Tensor, kv_mask: torch.Tensor, kv_len: int) -> torch.Tensor:
-        return static_decode_forward(self.transformer, cache, input_ids, position_ids, cache_position, kv_mask,
-                                     self.lm_rows, kv_len)
+        return _decode(self.embed_tokens, self.layers, self.norm, self.inv_freq, cache, input_ids, position_ids,
+                       cache_position, kv_mask, self.lm_rows, kv_len)
 
 
 # inductor settings of a frozen CPU step: weights are constants, GEMMs use the C++ template (no benchmarking)

@@ -88,6 +88,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rope_tables(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (B, T, head_dim) of integer positions (B, T) for the inverse frequencies (head_dim / 2,)."""
+    freqs = position_ids[..., None].float() * inv_freq  # (B, T, dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with QK LayerNorm and rotary embeddings."""
 
@@ -351,9 +358,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
             dim = self.head_dim
             exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
             inv = self._inv_freq = 1.0 / (self.config.rope_theta**exponent)
-        freqs = position_ids[..., None].float() * inv  # (B, T, dim/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return rope_tables(position_ids, inv, dtype)
 
     def forward(
         self,
