@@ -221,3 +221,27 @@ def test_closing_a_stream_returns_the_cache(pipe):
         assert not pipe.compiled_decoder._lent and len(stream.result.tokens) >= 1
     finally:
         pipe.disable_compiled_decoding()
+
+
+def test_decode_attention_under_a_frozen_compile_equals_sdpa(monkeypatch):
+    """The frozen CPU step's attention (fused reductions instead of SDPA's kernel) gives SDPA's numbers, GQA
+    and per-row masks included."""
+    from torch._inductor import config as inductor_config
+
+    from diffusers_lumina_mgpt.kv_cache import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 3, 8, generator=g), torch.randn(2, 2, 10, 8, generator=g), torch.randn(2, 2, 10, 8, generator=g)
+    mask = torch.rand(2, 1, 3, 10, generator=g) > 0.4
+    mask[..., 0] = True  # every query sees a slot
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("a frozen compile must not call SDPA")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_sdpa)
+    torch._dynamo.reset()
+    with inductor_config.patch(freezing=True):
+        got = torch.compile(attention, backend="eager", fullgraph=True)(q, k, v, mask, 0.0, False, True)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

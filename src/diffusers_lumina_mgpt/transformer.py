@@ -36,7 +36,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .fast_linear import Linear, WeightRows, fuse_linears, fused_usable, linear
-from .kv_cache import StaticKVCache, cached_attention_mask, padded_causal_mask
+from .kv_cache import StaticKVCache, attention, cached_attention_mask, padded_causal_mask
 
 from . import diffusers_compat
 
@@ -148,15 +148,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, cache_position, k, v, kv_len)
             q = q.to(k.dtype)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=is_causal and mask is None,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        out = attention(q, k, v, mask, self.attention_dropout if self.training else 0.0, is_causal,
+                        self.num_heads != self.num_kv_heads)
         out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
         return self.o_proj(out.to(x.dtype) if out.dtype != self.o_proj.weight.dtype else out)
 
