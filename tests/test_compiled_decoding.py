@@ -245,3 +245,10 @@ def test_decode_attention_under_a_frozen_compile_equals_sdpa(monkeypatch):
         got = torch.compile(attention, backend="eager", fullgraph=True)(q, k, v, mask, 0.0, False, True)
     torch._dynamo.reset()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_freezing_is_for_a_cpu(pipe):
+    decoder = CompiledDecoder(freeze=True)
+    assert decoder._freezes(torch.device("cpu"))
+    with pytest.raises(ValueError, match="freeze=True compiles C\\+\\+ GEMMs for a CPU"):
+        decoder._freezes(torch.device("cuda"))

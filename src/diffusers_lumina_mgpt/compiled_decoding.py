@@ -21,10 +21,11 @@ Shapes are kept few:
 
 * **Weights on a CPU** are frozen into the graph: the step is compiled as a module (`FrozenDecodeStep`)
   under inductor's `freezing` with its C++ GEMM template (`max_autotune_gemm_backends="CPP"`, a single
-  choice, so nothing is benchmarked), which packs each weight once and streams it at the machine's
-  read rate for the 1-2 rows of a CFG decode step. MKL's small-M GEMM streams it at about half that rate,
-  and a step's time is mostly weight reads (docs/benchmarks.md). The graph holds a packed copy of the
-  weights, so edit them only after `pipe.disable_compiled_decoding()`.
+  choice, so nothing is benchmarked), which packs each weight once and runs inside the generated C++,
+  streaming the weights for a CFG step's 1-2 rows at about the machine's read rate, with no call out to
+  MKL per matmul. Keys and values are attended over the slots in use (rounded up to `KV_BLOCK`), with
+  fused reductions instead of SDPA's kernel (`kv_cache.attention`). The graph holds a packed copy of
+  the weights, so edit them only after `pipe.disable_compiled_decoding()` (docs/benchmarks.md).
 
 The eager path stays the reference: `tests/test_compiled_decoding.py` compares both token for token.
 """
@@ -32,13 +33,12 @@ The eager path stays the reference: `tests/test_compiled_decoding.py` compares b
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 from torch import nn
 
-from .kv_cache import StaticKVCache, cached_attention_mask
 from .fast_linear import WeightRows, linear
+from .kv_cache import StaticKVCache, cached_attention_mask
 from .transformer import LuminaMGPTTransformer, rope_tables
 
 # distinct (rows, window, cache length) graphs one decoder may compile before dynamo falls back to eager
@@ -97,8 +97,9 @@ class FrozenDecodeStep(nn.Module):
                        cache_position, kv_mask, self.lm_rows, kv_len)
 
 
-# inductor settings of a frozen CPU step: weights are constants, GEMMs use the C++ template (no benchmarking)
+# a frozen CPU step attends to the cache slots in use, rounded up to a multiple of this
 KV_BLOCK = 64
+# inductor settings of a frozen CPU step: weights are constants, GEMMs use the C++ template (no benchmarking)
 FROZEN_CPU_CONFIG = {"freezing": True, "max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
 
 
@@ -149,6 +150,9 @@ class CompiledDecoder:
         return device.type == "cuda"
 
     def _freezes(self, device: torch.device) -> bool:
+        if self.freeze and device.type != "cpu":
+            raise ValueError(f"freeze=True compiles C++ GEMMs for a CPU; decoding runs on {device.type}: "
+                             "leave freeze=None (CUDA graphs there) or decode on the CPU")
         if self.freeze is not None:
             return self.freeze
         return device.type == "cpu" and self.backend == "inductor" and self.mode is None

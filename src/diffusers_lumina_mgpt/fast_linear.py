@@ -26,7 +26,7 @@ _SMALL_M_ROWS = 8
 
 def frozen_compile() -> bool:
     """Whether inductor is tracing with frozen weights (`compiled_decoding`'s CPU step): its C++ GEMM template
-    then packs each constant weight and matches the `F.linear` form, which beats `weight @ x.T`."""
+    then packs each constant weight and matches the `F.linear` form (`weight @ x.T` would stay a call to MKL)."""
     if not torch.compiler.is_compiling():
         return False
     from torch._inductor import config

@@ -109,8 +109,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         to floating-point rounding (identical at top-k 1 in the tests). `disable_compiled_decoding()`
         goes back to eager decoding and frees the kept cache. On a CPU, windows longer than
         `cpu_max_window` tokens (Jacobi's) stay eager, which measured faster there. On a CPU (mode None) the
-        weights are frozen into the graph, whose C++ GEMMs stream them at the machine's read rate; `freeze`
-        overrides that choice. Change weights only after `disable_compiled_decoding()`.
+        weights are frozen into the graph, whose C++ GEMMs stream them at about the machine's read rate;
+        `freeze` overrides that choice (True needs a CPU). Change weights only after `disable_compiled_decoding()`.
         """
         self._compiled_decoder = CompiledDecoder(mode=mode, backend=backend, seq_multiple=seq_multiple,
                                                  cpu_max_window=cpu_max_window, freeze=freeze)

@@ -267,7 +267,7 @@ class ImageDecodingMixin:
         step (a test compares both), with a fraction of its tensor work: AR decoding on a CPU spends a
         good part of each step here."""
         lay = state.layout
-        B, T, C = logits.shape
+        B, T, _ = logits.shape
         n = state.num_accepted[0]
         first = state.window_start + 1
         uniforms = state.random.uniform(T + 1)  # what the general step draws, so the streams stay in step
