@@ -83,9 +83,10 @@ def test_compiled_decoding_reproduces_lumina_mgpt_tokens(t2i, case, scheduler):
         pipe.disable_compiled_decoding()
 
 
-@pytest.mark.parametrize("scheduler", ["ar", "jacobi"])
-def test_compiled_edit_and_chat_equal_eager(pipe, scheduler):
-    """Editing and an image answer in chat decode through the same compiled steps, with eager's tokens."""
+@pytest.mark.parametrize("scheduler,backend", [("ar", "eager"), ("jacobi", "eager"), ("ar", "inductor")])
+def test_compiled_edit_and_chat_equal_eager(pipe, scheduler, backend):
+    """Editing and an image answer in chat decode through the same compiled steps, with eager's tokens
+    (backend "eager": the static path without a compiler; "inductor": the frozen CPU step)."""
     use(pipe, scheduler)
     image = Image.fromarray((np.random.RandomState(0).rand(50, 90, 3) * 255).astype("uint8"))
     kw = dict(guidance_scale=3.0, image_top_k=1, output_type="tokens")
@@ -98,10 +99,11 @@ def test_compiled_edit_and_chat_equal_eager(pipe, scheduler):
         return edit, answer.tokens
 
     eager = both()
-    pipe.enable_compiled_decoding(backend="eager", cpu_max_window=None)  # the static path, no compiler: fast
+    pipe.enable_compiled_decoding(backend=backend, cpu_max_window=None)
     try:
         compiled = both()
         assert pipe.compiled_decoder.num_compiled_calls > 0
+        assert (pipe.compiled_decoder._frozen is not None) == (backend == "inductor")
     finally:
         pipe.disable_compiled_decoding()
     assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
