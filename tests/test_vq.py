@@ -325,12 +325,13 @@ def test_pixels_to_uint8_is_truncation():
 
 
 
-def _small_vq(pixel_norm: bool) -> ChameleonVQModel:
+def _small_vq(pixel_norm: bool, cell_encoder: bool = False) -> ChameleonVQModel:
     torch.manual_seed(0)
     return ChameleonVQModel(
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, num_vq_embeddings=64, vq_embed_dim=4,
         norm_num_groups=4, mid_block_add_attention=False, lookup_from_codebook=False, pixel_norm=pixel_norm,
+        cell_encoder=cell_encoder,
     ).eval()
 
 
@@ -365,5 +366,31 @@ def test_pixel_norm_codes_depend_only_on_their_neighbourhood(tmp_path):
     vq.save_pretrained(tmp_path / "vq")
     reloaded = ChameleonVQModel.from_pretrained(tmp_path / "vq").eval()
     assert reloaded.config.pixel_norm is True
+    with torch.no_grad():
+        assert torch.equal(vq_encode_codes(reloaded, pixels), vq_encode_codes(vq, pixels))
+
+
+def test_cell_encoder_codes_depend_only_on_their_cell(tmp_path):
+    """With `cell_encoder`, a code is its cell's encoding alone: changing one cell changes that code only
+    (a plain encoder's receptive field reaches the neighbours), and each cell encodes as the image would
+    if it were cut out on its own. The flag survives saving."""
+    pixels = _images(16, 24, batch=1, seed=4)
+    vq = _small_vq(True, cell_encoder=True)
+    f = vq_downsample_factor(vq)
+    changed = pixels.clone()
+    changed[:, :, :f, :f] = torch.rand(1, 3, f, f) * 2 - 1  # the first cell only
+    with torch.no_grad():
+        a, b = vq.encode(pixels).latents, vq.encode(changed).latents
+        plain = _small_vq(True)
+        pa, pb = plain.encode(pixels).latents, plain.encode(changed).latents
+        alone = vq.encode(pixels[:, :, f : 2 * f, 2 * f : 3 * f]).latents  # the cell at row 1, column 2
+    assert a.shape == pa.shape == (1, 4, pixels.shape[2] // f, pixels.shape[3] // f)
+    differs = (a != b).any(1)[0]
+    assert differs[0, 0] and differs.sum() == 1
+    assert (pa != pb).any(1)[0].sum() > 1
+    torch.testing.assert_close(a[..., 1:2, 2:3], alone)
+    vq.save_pretrained(tmp_path / "vq")
+    reloaded = ChameleonVQModel.from_pretrained(tmp_path / "vq").eval()
+    assert reloaded.config.cell_encoder is True
     with torch.no_grad():
         assert torch.equal(vq_encode_codes(reloaded, pixels), vq_encode_codes(vq, pixels))

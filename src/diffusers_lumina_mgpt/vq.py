@@ -10,7 +10,8 @@ encoder and taming's `Decoder`.
 `ChameleonVQModel` is `VQModel` plus two config fields: `has_decoder` (transformers' Chameleon
 checkpoints carry only the encoder half (`model.vqmodel.*`), and a model converted from them must
 say so in its saved config instead of carrying a randomly initialised decoder) and `pixel_norm`
-(per-pixel normalisation for tokenizers trained here, so a code depends only on nearby pixels). Everything else
+(per-pixel normalisation for tokenizers trained here, so a code depends only on nearby pixels), and
+`cell_encoder` (each cell of the code grid encoded on its own, so a code depends on its cell's pixels alone). Everything else
 (downsample factor, channels, codebook size) is plain `VQModel` config, so small tokenizers
 (downsample 8, 512 codes) are the same class.
 
@@ -28,6 +29,7 @@ import torch
 from diffusers import VQModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.autoencoders.vq_model import VQEncoderOutput
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' loader looks the base class up here
 
 from . import diffusers_compat
@@ -95,6 +97,7 @@ class ChameleonVQModel(VQModel):
         force_upcast: bool = False,
         has_decoder: bool = True,
         pixel_norm: bool = False,
+        cell_encoder: bool = False,
     ):
         super().__init__(
             in_channels=in_channels,
@@ -122,6 +125,21 @@ class ChameleonVQModel(VQModel):
             for part in (self.encoder, self.decoder):
                 if part is not None:
                     _use_pixel_norm(part)
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        """`VQModel.encode`; with `cell_encoder`, each f x f cell of `x` (f the downsample factor) is encoded
+        on its own, so its code is a function of that cell's pixels alone and never of its neighbours."""
+        if not self.config.cell_encoder:
+            return super().encode(x, return_dict=return_dict)
+        f = vq_downsample_factor(self)
+        b, c, height, width = x.shape
+        if height % f or width % f:
+            raise ValueError(f"a cell encoder needs image sides that are multiples of {f}, got {height}x{width}")
+        h, w = height // f, width // f
+        cells = x.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c, f, f)
+        latents = super().encode(cells).latents  # (b*h*w, D, 1, 1)
+        latents = latents.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        return VQEncoderOutput(latents=latents) if return_dict else (latents,)
 
     def decode(
         self,
