@@ -62,7 +62,7 @@ class ChameleonVQModel(VQModel):
     r"""
     diffusers `VQModel` holding Chameleon's VQGAN, optionally without its decoder.
 
-    All arguments except `has_decoder` and `pixel_norm` are `VQModel`'s. Chameleon's 16x tokenizer is
+    All arguments except `has_decoder`, `pixel_norm` and `cell_encoder` are `VQModel`'s. Chameleon's 16x tokenizer is
     `block_out_channels=(128, 128, 256, 256, 512)`, `layers_per_block=2`, `latent_channels=256`,
     `vq_embed_dim=256`, `num_vq_embeddings=8192`; build one from Meta's files with
     `vq_convert.load_meta_vqgan`.
