@@ -58,10 +58,8 @@ def static_decode_forward(
     """Logits (R, T, K) float32 of a cached forward over the cache; the same numbers as the eager
     `transformer(input_ids, position_ids=..., cache_position=..., kv_mask=..., logits_token_ids=...)`."""
     m = transformer.model
-    if transformer._inv_freq is None or transformer._inv_freq.device != position_ids.device:
-        transformer._rope(position_ids[:1, :1], torch.float32)  # sets the inverse frequencies
-    return _decode(m.embed_tokens, m.layers, m.norm, transformer._inv_freq, cache, input_ids, position_ids,
-                   cache_position, kv_mask, lm_rows, kv_len)
+    return _decode(m.embed_tokens, m.layers, m.norm, transformer.inverse_frequencies(position_ids.device), cache,
+                   input_ids, position_ids, cache_position, kv_mask, lm_rows, kv_len)
 
 
 def _decode(embed: nn.Module, layers: nn.ModuleList, norm: nn.Module, inv_freq: torch.Tensor, cache: StaticKVCache,
@@ -87,8 +85,7 @@ class FrozenDecodeStep(nn.Module):
         # config, which costs hundreds of guards (a third of a millisecond per 35M step on 2 cores)
         m = transformer.model
         self.embed_tokens, self.layers, self.norm = m.embed_tokens, m.layers, m.norm
-        transformer._rope(torch.zeros(1, 1, dtype=torch.long, device=lm_rows.device), torch.float32)
-        self.register_buffer("inv_freq", transformer._inv_freq, persistent=False)
+        self.register_buffer("inv_freq", transformer.inverse_frequencies(lm_rows.device), persistent=False)
         self.register_buffer("lm_rows", lm_rows, persistent=False)
 
     def forward(self, cache: StaticKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -244,8 +241,7 @@ class CompiledDecoder:
             scratch = cache_position.new_full((extra,), cache.max_seq_len - 1)
             cache_position = torch.cat([cache_position, scratch])
         device = tokens.device
-        if transformer._inv_freq is None or transformer._inv_freq.device != device:
-            transformer._rope(position_ids[:1, :1], torch.float32)  # set the RoPE table eagerly: graphs guard on it
+        transformer.inverse_frequencies(device)  # set eagerly: graphs guard on them
         if self._freezes(device):
             from torch._inductor import config as inductor_config
 

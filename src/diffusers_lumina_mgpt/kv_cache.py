@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .fast_linear import frozen_compile
+
 
 class StaticKVCache:
     """Per-layer key/value buffers of shape (max_batch_size, num_kv_heads, max_seq_len, head_dim)."""
@@ -99,8 +101,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     `fast_linear.frozen_compile`) with a mask: there the scores, softmax and weighted sum are written as
     reductions that inductor fuses into loops streaming the keys and values once. SDPA's CPU kernel costs
     about 0.1 ms per call for a decode step's query against a few hundred cached slots."""
-    from .fast_linear import frozen_compile
-
     if mask is None or dropout_p > 0 or not frozen_compile():
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal and mask is None, enable_gqa=enable_gqa)

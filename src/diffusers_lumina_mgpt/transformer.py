@@ -344,14 +344,19 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         return sd
 
     # ----------------------------------------------------------------- forward
+    def inverse_frequencies(self, device: torch.device) -> torch.Tensor:
+        """RoPE's inverse frequencies (head_dim / 2,) on `device`, computed once (a compiled step guards on them,
+        so a caller sets them eagerly first)."""
+        inv = self._inv_freq
+        if inv is None or inv.device != torch.device(device):
+            dim = self.head_dim
+            exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+            inv = self._inv_freq = 1.0 / (self.config.rope_theta**exponent)
+        return inv
+
     def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (B, T, head_dim) for integer positions (B, T), computed in float32 like transformers."""
-        inv = self._inv_freq
-        if inv is None or inv.device != position_ids.device:
-            dim = self.head_dim
-            exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
-            inv = self._inv_freq = 1.0 / (self.config.rope_theta**exponent)
-        return rope_tables(position_ids, inv, dtype)
+        return rope_tables(position_ids, self.inverse_frequencies(position_ids.device), dtype)
 
     def forward(
         self,

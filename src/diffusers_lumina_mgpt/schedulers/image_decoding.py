@@ -137,6 +137,16 @@ class ImageDecodeStepOutput(BaseOutput):
     finished: bool
 
 
+def _fill_forced(state: ImageDecodeState, rows: int | slice, p: int) -> int:
+    """Write the forced tokens (NEWLINE, EOI) of `rows` from body position `p` on: they need no forward to
+    be known. Returns the first position after them."""
+    lay = state.layout
+    while p < lay.length and (tok := lay.forced(p)) is not None:
+        state.body[rows, p] = tok
+        p += 1
+    return p
+
+
 class ImageDecodingMixin:
     """Shared engine of the AR and Jacobi schedulers; the Jacobi scheduler drafts (`num_drafts`, `draft_init`)."""
 
@@ -253,10 +263,7 @@ class ImageDecodingMixin:
             if e < stop:
                 state.body[b, p] = last[b]
                 p += 1
-            while p < lay.length and lay.forced(p) is not None:
-                state.body[b, p] = lay.forced(p)  # forced tokens need no forward to be known
-                p += 1
-            state.num_accepted[b] = p
+            state.num_accepted[b] = _fill_forced(state, b, p)
         self._advance_cache(state, probs, first)
         return ImageDecodeStepOutput(list(state.num_accepted), [n - m for n, m in zip(state.num_accepted, before)],
                                      state.finished)
@@ -274,10 +281,7 @@ class ImageDecodingMixin:
         state.num_forwards += 1
         probs = logits_to_probs(logits[:, n - first], **state.sampling).cpu()  # (B, C)
         state.body[:, n] = lay.code_token_ids.cpu()[sample_with_uniform(probs, uniforms[:, T])]
-        p = n + 1
-        while p < lay.length and (tok := lay.forced(p)) is not None:
-            state.body[:, p] = tok  # forced tokens need no forward to be known
-            p += 1
+        p = _fill_forced(state, slice(None), n + 1)
         state.num_accepted = [p] * B
         if state.window_tokens is None:  # prefill: only the prompt is cached
             state.num_cached = 0
