@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from text_to_image import read_rate_gbps  # this folder: the same streaming read rate as the decode benchmark
+
 
 class Chain(nn.Module):
     def __init__(self, weights: list[torch.Tensor]) -> None:
@@ -42,17 +44,6 @@ def bench(fn, iters: int = 100) -> float:
     for _ in range(iters):
         fn()
     return (time.perf_counter() - t) / iters * 1e3
-
-
-def read_rate_gbps(nbytes: int = 256 * 2**20) -> float:
-    x = torch.ones(nbytes // 4)
-    x.sum()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best / 1e9
 
 
 def main() -> None:
@@ -91,10 +82,10 @@ def main() -> None:
     with torch.no_grad(), inductor_config.patch(FROZEN_CPU_CONFIG):
         compiled = torch.compile(chain, fullgraph=True)
         compiled(xh, xi)
-        rate = read_rate_gbps()
+        rate = read_rate_gbps("cpu")
         rows = [("F.linear (x @ W.T, MKL)", bench(linear)), ("W @ x.T", bench(w_xt)),
                 ("frozen compile, C++ GEMM template", bench(lambda: compiled(xh, xi)))]
-        rate = (rate + read_rate_gbps()) / 2
+        rate = (rate + read_rate_gbps("cpu")) / 2
     floor = nbytes / (rate * 1e9) * 1e3
     print(f"{nbytes / 1e6:.1f} MB of weights, read rate {rate:.1f} GB/s, floor {floor:.2f} ms, {args.threads} threads")
     for name, ms in rows:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def main() -> None:
                 for _ in range(args.repeats):
                     out, sec = timed(generate, args.device)
                     secs.append(sec)
-                runs[name] = (sorted(secs)[len(secs) // 2], out.num_forward_passes)  # the median
+                runs[name] = (statistics.median_high(secs), out.num_forward_passes)
                 if before is not None:
                     rates[(size, top_k, name)] = (before + read_rate_gbps(args.device)) / 2
             pipe.disable_compiled_decoding()
@@ -209,7 +210,7 @@ def main() -> None:
                     (_, fw), sec = timed(lambda: lumina_style_generate(hf, pipe, size, size, args.guidance, top_k, 0),
                                          args.device)
                     secs.append(sec)
-                runs["lumina_style"] = (sorted(secs)[len(secs) // 2], fw)
+                runs["lumina_style"] = (statistics.median_high(secs), fw)
             base = runs.get("lumina_style", runs["ar"])[0]
             for name, (sec, fw) in runs.items():
                 rows.append({
@@ -231,7 +232,7 @@ def main() -> None:
                 row["x_floor"] = round(row["ms_per_forward"] / row_floor, 2)
                 print(f"{row['size']}px {row['method']}: {row['ms_per_forward']:.2f} ms per forward, "
                       f"{row['x_floor']:.2f}x the {row_floor:.2f} ms weight-read floor ({rate:.1f} GB/s)", flush=True)
-        floor_ms = 1000 * nbytes / (sorted(rates.values())[len(rates) // 2] * 1e9)  # at the median rate
+        floor_ms = 1000 * nbytes / (statistics.median_high(rates.values()) * 1e9)  # at the median rate
     meta = {"params": n_params, "device": args.device, "dtype": args.dtype, "guidance": args.guidance,
             "num_drafts": args.num_drafts, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "repeats": args.repeats, "floor_ms": None if floor_ms is None else round(floor_ms, 3)}
