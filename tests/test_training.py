@@ -374,6 +374,22 @@ def test_flat_code_entropy_counts_codes_of_flat_patches():
     assert flat_code_entropy({(128,) * 3: [1, 2] * 5, (0,) * 3: [7] * 10}) == pytest.approx(np.log(2) / 2)
 
 
+def test_round_trip_ceiling_is_reported_per_family(monkeypatch):
+    """A lossless tokenizer passes every family's ground truth; one that blanks images passes none."""
+    from diffusers_lumina_mgpt.shapes.language import FAMILIES
+    from diffusers_lumina_mgpt.training import vq_train
+
+    def exact(vqvae, image):
+        pixels = vq_train.to_pixels(image)[None]
+        return pixels, None, pixels
+
+    monkeypatch.setattr(vq_train, "round_trip", exact)
+    report = vq_train.shapes_round_trip(None, 6)
+    assert report["families"] == {family: 1.0 for family in FAMILIES} and report["t2i"] == 1.0
+    monkeypatch.setattr(vq_train, "round_trip", lambda vqvae, image: (None, None, torch.full_like(exact(None, image)[0], -1.0)))
+    assert set(vq_train.shapes_round_trip(None, 6)["families"].values()) == {0.0}
+
+
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "stage": "a" if i < 5 else "b",

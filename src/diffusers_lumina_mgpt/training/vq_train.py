@@ -240,21 +240,36 @@ def flat_code_entropy(groups: dict[tuple[int, ...], list[int]]) -> float | None:
     return weighted / total if total else None  # no flat patch in the images
 
 
-def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, float]:
+def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, Any]:
     """Share of ShapesWorld records whose ground-truth images still pass the scorer after a VQ round
-    trip: the ceiling of any model that draws with this tokenizer."""
-    from ..shapes.tasks import make_records
+    trip: the ceiling of any model that draws with this tokenizer. `families` gives that ceiling for
+    each text-to-image family as `eval shapes` scores it: `n // 2` prompts per family, each prompt's
+    ground-truth scene at 64x64."""
+    from ..shapes.language import FAMILIES, make_prompt
+    from ..shapes.render import render_scene
+    from ..shapes.scorer import check_spec, detect
+    from ..shapes.tasks import make_records, scene_for_prompt
 
     def decoded(image: Image.Image) -> Image.Image:
         recon = to_uint8(round_trip(vqvae, image)[2])[0]
         return Image.fromarray(recon.permute(1, 2, 0).numpy().astype(np.uint8))
 
-    out = {}
+    out: dict[str, Any] = {}
     for task in ("t2i", "segmentation", "depth"):
         records = make_records(task, n, seed=seed)
         passed = [all(s.passed for s in r.score([o if isinstance(o, str) else decoded(o)
                                                  for o in r.ground_truth_outputs()])) for r in records]
         out[task] = float(np.mean(passed))
+    families = {}
+    for family in FAMILIES:
+        rng = np.random.default_rng(seed)
+        passed = []
+        for _ in range(max(1, n // 2)):
+            spec = make_prompt(family, rng, "train")
+            scene = render_scene(scene_for_prompt(spec, rng, (64, 64)))
+            passed.append(check_spec(spec, detect(decoded(scene)).objects)[0])
+        families[family] = float(np.mean(passed))
+    out["families"] = families
     return out
 
 
