@@ -350,6 +350,21 @@ def test_train_vq_learns_resumes_and_reports(tmp_path):
     assert whole["flat_code_entropy"] is None or whole["flat_code_entropy"] >= 0
 
 
+def test_train_vq_with_cell_encoder_and_decoder(tmp_path):
+    """`model.cell_encoder` / `model.cell_decoder` train, and the saved tokenizer keeps both flags."""
+    from diffusers_lumina_mgpt.training.vq_train import load_vq_config, train_vq
+    from diffusers_lumina_mgpt.vq import ChameleonVQModel
+
+    overrides = ["train.steps=30", "data.shapes=40", "data.eval_images=4", "train.batch_size=8", "train.crop_grid=8",
+                 "train.restart_every=10", "model.block_out_channels=[8, 8, 16, 16]", "model.num_vq_embeddings=64",
+                 "model.latent_channels=8", "train.threads=1", "model.cell_encoder=true", "model.cell_decoder=true"]
+    report = train_vq(load_vq_config(None, overrides), tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert np.mean([r["recon"] for r in rows[-5:]]) < 0.9 * np.mean([r["recon"] for r in rows[:5]])
+    vq = ChameleonVQModel.from_pretrained(str(tmp_path / "run" / "vqvae"))
+    assert vq.config.cell_encoder is True and vq.config.cell_decoder is True and report["codes_used"] > 1
+
+
 def test_vq_crops_on_a_grid_start_on_its_multiples():
     from diffusers_lumina_mgpt.training.vq_train import random_crops
 

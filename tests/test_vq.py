@@ -248,7 +248,7 @@ def test_helpers_work_on_plain_vqmodel(meta_vq):
     """A plain diffusers VQModel (lookup_from_codebook False) with the same weights decodes the same."""
     from diffusers import VQModel
 
-    config = {k: v for k, v in meta_vq.config.items() if not k.startswith("_") and k not in ("has_decoder", "pixel_norm", "cell_encoder")}
+    config = {k: v for k, v in meta_vq.config.items() if not k.startswith("_") and k not in ("has_decoder", "pixel_norm", "cell_encoder", "cell_decoder")}
     plain = VQModel(**{**config, "lookup_from_codebook": False}).eval()
     plain.load_state_dict(meta_vq.state_dict())
     codes = torch.randint(0, 8192, (2, 2, 2), generator=torch.Generator().manual_seed(1))
@@ -325,13 +325,13 @@ def test_pixels_to_uint8_is_truncation():
 
 
 
-def _small_vq(pixel_norm: bool, cell_encoder: bool = False) -> ChameleonVQModel:
+def _small_vq(pixel_norm: bool, cell_encoder: bool = False, **kwargs) -> ChameleonVQModel:
     torch.manual_seed(0)
     return ChameleonVQModel(
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, num_vq_embeddings=64, vq_embed_dim=4,
-        norm_num_groups=4, mid_block_add_attention=False, lookup_from_codebook=False, pixel_norm=pixel_norm,
-        cell_encoder=cell_encoder,
+        norm_num_groups=4, mid_block_add_attention=False, pixel_norm=pixel_norm, cell_encoder=cell_encoder,
+        **{"lookup_from_codebook": False, **kwargs},
     ).eval()
 
 
@@ -394,3 +394,32 @@ def test_cell_encoder_codes_depend_only_on_their_cell(tmp_path):
     assert reloaded.config.cell_encoder is True
     with torch.no_grad():
         assert torch.equal(vq_encode_codes(reloaded, pixels), vq_encode_codes(vq, pixels))
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_cell_decoder_draws_each_code_alone(tmp_path, lookup):
+    """With `cell_decoder`, a code draws the same f x f pixels wherever it stands: changing one code changes
+    its cell only (a plain decoder's neighbours change too), and the grid's pixels are the cells decoded one
+    by one. Works for codebook lookups by index (`lookup_from_codebook`) too; the flag survives saving."""
+    vq = _small_vq(True, cell_decoder=True, lookup_from_codebook=lookup)
+    plain = _small_vq(True, lookup_from_codebook=lookup)
+    f = vq_downsample_factor(vq)
+    codes = torch.randint(0, 64, (1, 3, 4), generator=torch.Generator().manual_seed(5))
+    changed = codes.clone()
+    changed[0, 1, 2] = (codes[0, 1, 2] + 1) % 64
+    with torch.no_grad():
+        a, b = vq_decode_codes(vq, codes), vq_decode_codes(vq, changed)
+        pa, pb = vq_decode_codes(plain, codes), vq_decode_codes(plain, changed)
+        alone = vq_decode_codes(vq, codes[:, 1:2, 2:3])
+    assert a.shape == pa.shape == (1, 3, 3 * f, 4 * f)
+    cell_changed = (a != b).any(1)[0].reshape(3, f, 4, f).any(3).any(1)  # (rows, cols): which cells differ
+    assert cell_changed[1, 2] and cell_changed.sum() == 1
+    assert (pa != pb).any(1)[0].reshape(3, f, 4, f).any(3).any(1).sum() > 1
+    torch.testing.assert_close(a[..., f : 2 * f, 2 * f : 3 * f], alone)
+    vq.save_pretrained(tmp_path / "vq")
+    reloaded = ChameleonVQModel.from_pretrained(tmp_path / "vq").eval()
+    assert reloaded.config.cell_decoder is True
+    with torch.no_grad():
+        assert torch.equal(vq_decode_codes(reloaded, codes), a)
+    with pytest.raises(ValueError, match="spatial"):
+        ChameleonVQModel(cell_decoder=True, norm_type="spatial")

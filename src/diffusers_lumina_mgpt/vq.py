@@ -11,7 +11,8 @@ encoder and taming's `Decoder`.
 checkpoints carry only the encoder half (`model.vqmodel.*`), and a model converted from them must
 say so in its saved config instead of carrying a randomly initialised decoder) and `pixel_norm`
 (per-pixel normalisation for tokenizers trained here, so a code depends only on nearby pixels), and
-`cell_encoder` (each cell of the code grid encoded on its own, so a code depends on its cell's pixels alone). Everything else
+`cell_encoder` (each cell of the code grid encoded on its own, so a code depends on its cell's pixels alone) and
+`cell_decoder` (each code decoded to its cell on its own, so one code always draws the same pixels). Everything else
 (downsample factor, channels, codebook size) is plain `VQModel` config, so small tokenizers
 (downsample 8, 512 codes) are the same class.
 
@@ -31,6 +32,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.autoencoders.vq_model import VQEncoderOutput
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' loader looks the base class up here
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from . import diffusers_compat
 
@@ -62,7 +64,7 @@ class ChameleonVQModel(VQModel):
     r"""
     diffusers `VQModel` holding Chameleon's VQGAN, optionally without its decoder.
 
-    All arguments except `has_decoder`, `pixel_norm` and `cell_encoder` are `VQModel`'s. Chameleon's 16x tokenizer is
+    All arguments except `has_decoder`, `pixel_norm`, `cell_encoder` and `cell_decoder` are `VQModel`'s. Chameleon's 16x tokenizer is
     `block_out_channels=(128, 128, 256, 256, 512)`, `layers_per_block=2`, `latent_channels=256`,
     `vq_embed_dim=256`, `num_vq_embeddings=8192`; build one from Meta's files with
     `vq_convert.load_meta_vqgan`.
@@ -98,6 +100,7 @@ class ChameleonVQModel(VQModel):
         has_decoder: bool = True,
         pixel_norm: bool = False,
         cell_encoder: bool = False,
+        cell_decoder: bool = False,
     ):
         super().__init__(
             in_channels=in_channels,
@@ -121,6 +124,9 @@ class ChameleonVQModel(VQModel):
         if not has_decoder:
             # post_quant_conv stays: transformers' checkpoints store it next to the encoder.
             self.decoder = None
+        if cell_decoder and norm_type == "spatial":
+            raise ValueError("cell_decoder decodes each code alone, which a spatial norm (conditioned on the whole "
+                             "latent grid) cannot; use norm_type='group'")
         if pixel_norm:
             for part in (self.encoder, self.decoder):
                 if part is not None:
@@ -141,6 +147,7 @@ class ChameleonVQModel(VQModel):
         latents = latents.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
         return VQEncoderOutput(latents=latents) if return_dict else (latents,)
 
+    @apply_forward_hook
     def decode(
         self,
         h: torch.Tensor,
@@ -148,9 +155,25 @@ class ChameleonVQModel(VQModel):
         return_dict: bool = True,
         shape=None,
     ) -> DecoderOutput | torch.Tensor:
+        """`VQModel.decode`; with `cell_decoder`, each code is decoded to its f x f cell on its own, so a code
+        draws the same pixels wherever it stands and whatever its neighbours are."""
         if not self.config.has_decoder:
             raise ValueError(_ENCODER_ONLY_MESSAGE)
-        return super().decode(h, force_not_quantize=force_not_quantize, return_dict=return_dict, shape=shape)
+        if not self.config.cell_decoder:
+            return super().decode(h, force_not_quantize=force_not_quantize, return_dict=return_dict, shape=shape)
+        if not force_not_quantize:
+            quant = self.quantize(h)[0]
+        elif self.config.lookup_from_codebook:  # h holds codes (B, h, w); shape is (B, h, w, D)
+            quant = self.quantize.get_codebook_entry(h, shape)
+        else:
+            quant = h
+        f = vq_downsample_factor(self)
+        b, d, rows, cols = quant.shape
+        cells = quant.permute(0, 2, 3, 1).reshape(b * rows * cols, d, 1, 1)
+        pixels = self.decoder(self.post_quant_conv(cells))  # (b*rows*cols, C, f, f)
+        c = pixels.shape[1]
+        pixels = pixels.reshape(b, rows, cols, c, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, c, rows * f, cols * f)
+        return DecoderOutput(sample=pixels) if return_dict else (pixels,)
 
 
 class PixelNorm(torch.nn.Module):

@@ -39,6 +39,7 @@ VQ_DEFAULTS: dict[str, Any] = {
         "num_vq_embeddings": 1024, "vq_embed_dim": 8, "norm_num_groups": 8, "pixel_norm": True,
         # encode each cell of the code grid on its own: a code is a function of its cell's pixels alone
         "cell_encoder": False,
+        "cell_decoder": False,
     },
     "train": {
         "steps": 3000, "batch_size": 48, "crop": 32, "lr": 2e-3, "warmup": 100, "beta": 0.25,
@@ -65,6 +66,7 @@ def vq_model_from_config(model: dict[str, Any]):
         norm_num_groups=model["norm_num_groups"], mid_block_add_attention=False, scaling_factor=1.0, lookup_from_codebook=False,
         pixel_norm=bool(model.get("pixel_norm", VQ_DEFAULTS["model"]["pixel_norm"])),
         cell_encoder=bool(model.get("cell_encoder", VQ_DEFAULTS["model"]["cell_encoder"])),
+        cell_decoder=bool(model.get("cell_decoder", VQ_DEFAULTS["model"]["cell_decoder"])),
     )
 
 
