@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--width", type=int, help="default: the model's default size")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--scheduler", choices=["ar", "jacobi"], help="default: the scheduler saved in the folder")
-    gen.add_argument("--guidance-scale", type=float, default=3.0)
+    gen.add_argument("--guidance-scale", type=float, default=None,
+                     help="classifier-free guidance (default: the model's default_guidance_scale, 3.0 unless its folder says)")
     gen.add_argument("--image-top-k", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--negative-prompt", default=None)
@@ -107,7 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "height": image.height,
         "width": image.width, "seed": args.seed,
         "scheduler": "jacobi" if isinstance(pipe.scheduler, LuminaMGPTJacobiScheduler) else "ar",
-        "guidance_scale": args.guidance_scale,
+        "guidance_scale": pipe.guidance_scale,
         "image_top_k": args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k,
         "temperature": args.temperature if args.temperature is not None else pipe.scheduler.config.temperature,
         "model": str(args.model), "num_forward_passes": out.num_forward_passes, "compiled": args.compile,

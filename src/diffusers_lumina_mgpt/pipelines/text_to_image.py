@@ -65,6 +65,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         vqvae: the VQ image tokenizer (codes -> pixels).
         scheduler ([`LuminaMGPTARScheduler`] or [`LuminaMGPTJacobiScheduler`]): how tokens are chosen.
         default_size: the model's resolution, used when `height`/`width` are not given.
+        default_guidance_scale: the CFG scale used when a call gives none (Lumina-mGPT's demo: 3.0; a model
+            folder may record the scale its scores were measured at).
         patch_size: pixels per grid token (two latent cells); read from the `vqvae` when there is one, and
             saved, so that a pipeline loaded with `vqvae=None` (text components only) can still `encode_prompt`.
     """
@@ -80,13 +82,15 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         scheduler: LuminaMGPTARScheduler | LuminaMGPTJacobiScheduler,
         default_size: int = 512,
         patch_size: int | None = None,
+        default_guidance_scale: float = 3.0,
     ):
         # the type hints let diffusers' `from_pipe` hand the models over to related pipelines
         super().__init__()
         self.register_modules(tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=scheduler)
         if vqvae is not None:  # recorded so that a pipeline loaded without its vqvae still knows the grid
             patch_size = 2 * vq_downsample_factor(vqvae)
-        self.register_to_config(default_size=default_size, patch_size=patch_size)
+        self.register_to_config(default_size=default_size, patch_size=patch_size,
+                                default_guidance_scale=default_guidance_scale)
         self._compiled_decoder: CompiledDecoder | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -262,7 +266,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         prompt: str | list[str],
         height: int | None = None,
         width: int | None = None,
-        guidance_scale: float = 3.0,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -281,7 +285,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
             height, width: pixels, multiples of the grid (32 px for Chameleon's VQGAN); default
                 `default_size`. The grid tokens are forced, so the size is always honoured.
             guidance_scale: classifier-free guidance `s` in `uncond + s * (cond - uncond)`; 1.0 skips the
-                unconditional rows. Lumina-mGPT's demo uses 3.0 (README 4.0).
+                unconditional rows. Default: the pipeline's `default_guidance_scale` (3.0, as Lumina-mGPT's
+                demo, unless the model folder records another).
             negative_prompt: text for the unconditional context; by default it is the image alone.
             num_images_per_prompt: images per prompt.
             generator: a `torch.Generator`, or one per image, for reproducible sampling.
@@ -295,6 +300,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         """
         height = self.config.default_size if height is None else height
         width = self.config.default_size if width is None else width
+        if guidance_scale is None:
+            guidance_scale = self.config.get("default_guidance_scale", 3.0)
         prompts = self.check_inputs(
             prompt, height, width, negative_prompt, num_images_per_prompt, guidance_scale, output_type,
             callback_on_step_end_tensor_inputs,
