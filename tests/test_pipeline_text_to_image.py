@@ -160,6 +160,29 @@ def test_too_long_for_the_model(pipe_dir):
         small("a cat", height=64, width=128)
 
 
+def test_default_guidance_comes_from_the_folder(pipe_dir, tmp_path):
+    """A call without `guidance_scale` uses the pipeline's `default_guidance_scale` (3.0 unless the folder's
+    model_index.json records another): the same tokens as passing it; `generate` records the scale used."""
+    pipe = LuminaMGPTPipeline.from_pretrained(pipe_dir)
+    assert pipe.config.default_guidance_scale == 3.0
+    index = json.loads((pipe_dir / "model_index.json").read_text())
+    folder = tmp_path / "pipe"
+    import shutil
+
+    shutil.copytree(pipe_dir, folder)
+    (folder / "model_index.json").write_text(json.dumps({**index, "default_guidance_scale": 1.5}))
+    other = LuminaMGPTPipeline.from_pretrained(folder)
+    g = lambda: torch.Generator().manual_seed(2)
+    kw = dict(height=32, width=32, image_top_k=5, output_type="tokens")
+    implicit = other("a cat", generator=g(), **kw).tokens
+    assert other.guidance_scale == 1.5
+    assert torch.equal(implicit, other("a cat", guidance_scale=1.5, generator=g(), **kw).tokens)
+    assert not torch.equal(implicit, other("a cat", guidance_scale=3.0, generator=g(), **kw).tokens)
+    out = tmp_path / "x.png"
+    assert cli(["generate", "a cat", "--model", str(folder), "--height", "32", "--width", "32", "-o", str(out)]) == 0
+    assert json.loads(Image.open(out).text["lumina-mgpt"])["guidance_scale"] == 1.5
+
+
 def test_save_load_round_trip_offload_and_dtype(pipe, tmp_path):
     set_scheduler(pipe, "jacobi")
     pipe.save_pretrained(tmp_path)
