@@ -303,6 +303,23 @@ def test_compare_mistakes_are_one_line(tiny_pipe_dir, tmp_path, capsys, argv, me
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_without_pipelines_it_compares_the_default_model_under_both_schedulers(tmp_path, capsys, monkeypatch):
+    import diffusers_lumina_mgpt
+
+    out = tmp_path / "o"
+    assert main(["compare", "--n", "2", "--families", "single_object", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in results["pipelines"]] == ["ar", "jacobi"]
+    assert {p["kind"] for p in results["pipelines"]} == {"autoregressive"}
+    assert len(results["records"]) == 4 and not any(r["error"] for r in results["records"])
+    assert sum(r["shapes_passed"] for r in results["records"]) >= 2  # a trained model: most single objects pass
+    capsys.readouterr()
+    monkeypatch.setattr(diffusers_lumina_mgpt, "DEFAULT_MODEL", str(tmp_path / "absent"))
+    assert main(["compare", "--out", str(tmp_path / "p"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no default model" in err and "--pipelines" in err and len(err.strip().splitlines()) == 1
+
+
 def test_compare_mistakes_in_pipelines_and_prompts(tiny_pipe_dir, tmp_path, capsys):
     base = ["compare", "--out", str(tmp_path / "o"), "--no-progress"]
     assert main([*base, "--pipelines", f"x={tiny_pipe_dir}", f"x={tiny_pipe_dir}@jacobi"]) == 2

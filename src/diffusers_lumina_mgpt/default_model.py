@@ -11,15 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def resolve_model(model: str | Path | None) -> str:
-    """`model`, or the shipped default model when it is None (ValueError if this install has none)."""
+def resolve_model(model: str | Path | None,
+                  fix: str = "pass --model DIR (a pipeline folder, e.g. from `lumina-mgpt convert`)") -> str:
+    """`model`, or the shipped default model when it is None (ValueError if this install has none, ending
+    with `fix`: how the command's user gives a model instead)."""
     if model is not None:
         return str(model)
     from . import DEFAULT_MODEL
 
     if not (Path(DEFAULT_MODEL) / "model_index.json").is_file():
-        raise ValueError(f"this install has no default model (expected at {DEFAULT_MODEL}); pass --model DIR "
-                         "(a pipeline folder, e.g. from `lumina-mgpt convert`)")
+        raise ValueError(f"this install has no default model (expected at {DEFAULT_MODEL}); {fix}")
     return DEFAULT_MODEL
 
 

@@ -22,9 +22,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     from ..shapes.cli import parse_size
     from ..shapes.language import FAMILIES
 
-    parser.add_argument("--pipelines", nargs="+", required=True, metavar="[NAME=]PATH[@ar|@jacobi]",
+    parser.add_argument("--pipelines", nargs="+", metavar="[NAME=]PATH[@ar|@jacobi]",
                         help="pipeline folders: ours or any diffusers text-to-image pipeline; @ar/@jacobi picks our "
-                             "decoding scheduler")
+                             "decoding scheduler (default: the shipped default model as ar=...@ar and jacobi=...@jacobi)")
     parser.add_argument("--prompts", default="shapes",
                         help="`shapes` (ShapesWorld prompt families, scored), a .txt file (one prompt per line) or "
                              "a .jsonl of {\"prompt\": ...}")
@@ -81,12 +81,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ge.set_defaults(func=_geneval_export)
 
 
+def default_pipelines() -> list[str]:
+    """What `compare` runs when no --pipelines are given: the shipped default model under both decoding
+    schedulers (ValueError, saying to pass --pipelines, when this install has no default model)."""
+    from ..default_model import resolve_model
+
+    model = resolve_model(None, fix="pass --pipelines PATH ... (the pipeline folders to compare)")
+    return [f"ar={model}@ar", f"jacobi={model}@jacobi"]
+
+
 def check_compare_args(args: argparse.Namespace) -> None:
     """Mistakes answered in one line before any process starts or model loads."""
     from ..cli_checks import check_output_dir
     from .prompts import load_prompts
     from .specs import parse_call_args, parse_pipelines, parse_sweep
 
+    if args.pipelines is None:
+        args.pipelines = default_pipelines()
     parse_pipelines(args.pipelines)
     parse_sweep(args.sweep)
     parse_call_args(args.call_arg)
@@ -100,6 +111,8 @@ def run_compare(args: argparse.Namespace) -> int:
     """Run the comparison in this process (or as one of the processes accelerate started)."""
     from .runner import run_comparison
 
+    if args.pipelines is None:
+        args.pipelines = default_pipelines()
     results = run_comparison(args.pipelines, args.out, args.prompts, args.seeds, args.sizes, args.n, args.families,
                              args.prompt_seed, args.sweep, args.call_arg, args.clip_model, args.device, args.dtype,
                              args.warmup, progress=not args.no_progress)
