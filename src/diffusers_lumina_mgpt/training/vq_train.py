@@ -245,12 +245,10 @@ def flat_code_entropy(groups: dict[tuple[int, ...], list[int]]) -> float | None:
 def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, Any]:
     """Share of ShapesWorld records whose ground-truth images still pass the scorer after a VQ round
     trip: the ceiling of any model that draws with this tokenizer. `families` gives that ceiling for
-    each text-to-image family as `eval shapes` scores it: `n // 2` prompts per family, each prompt's
-    ground-truth scene at 64x64."""
-    from ..shapes.language import FAMILIES, make_prompt
-    from ..shapes.render import render_scene
-    from ..shapes.scorer import check_spec, detect
-    from ..shapes.tasks import make_records, scene_for_prompt
+    each text-to-image family as `eval shapes --seed SEED` scores it: its first `n // 2` prompts per family,
+    each prompt's ground-truth render at 64x64 through the tokenizer."""
+    from ..shapes.evaluate import evaluate_prompts, ground_truth_generator, make_prompt_items
+    from ..shapes.tasks import make_records
 
     def decoded(image: Image.Image) -> Image.Image:
         recon = to_uint8(round_trip(vqvae, image)[2])[0]
@@ -262,16 +260,10 @@ def shapes_round_trip(vqvae, n: int, seed: int = 5) -> dict[str, Any]:
         passed = [all(s.passed for s in r.score([o if isinstance(o, str) else decoded(o)
                                                  for o in r.ground_truth_outputs()])) for r in records]
         out[task] = float(np.mean(passed))
-    families = {}
-    for family in FAMILIES:
-        rng = np.random.default_rng(seed)
-        passed = []
-        for _ in range(max(1, n // 2)):
-            spec = make_prompt(family, rng, "train")
-            scene = render_scene(scene_for_prompt(spec, rng, (64, 64)))
-            passed.append(check_spec(spec, detect(decoded(scene)).objects)[0])
-        families[family] = float(np.mean(passed))
-    out["families"] = families
+    render = ground_truth_generator((64, 64))
+    items = make_prompt_items(None, max(1, n // 2), seed, heldout=False)
+    out["families"] = evaluate_prompts(lambda batch: [decoded(im) for im in render(batch)], items,
+                                       progress=False)["families"]
     return out
 
 
