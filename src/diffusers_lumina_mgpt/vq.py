@@ -141,10 +141,7 @@ class ChameleonVQModel(VQModel):
         b, c, height, width = x.shape
         if height % f or width % f:
             raise ValueError(f"a cell encoder needs image sides that are multiples of {f}, got {height}x{width}")
-        h, w = height // f, width // f
-        cells = x.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c, f, f)
-        latents = super().encode(cells).latents  # (b*h*w, D, 1, 1)
-        latents = latents.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        latents = _from_cells(super().encode(_to_cells(x, f)).latents, b, height // f, width // f)
         return VQEncoderOutput(latents=latents) if return_dict else (latents,)
 
     @apply_forward_hook
@@ -167,13 +164,22 @@ class ChameleonVQModel(VQModel):
             quant = self.quantize.get_codebook_entry(h, shape)
         else:
             quant = h
-        f = vq_downsample_factor(self)
-        b, d, rows, cols = quant.shape
-        cells = quant.permute(0, 2, 3, 1).reshape(b * rows * cols, d, 1, 1)
-        pixels = self.decoder(self.post_quant_conv(cells))  # (b*rows*cols, C, f, f)
-        c = pixels.shape[1]
-        pixels = pixels.reshape(b, rows, cols, c, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, c, rows * f, cols * f)
+        b, _, rows, cols = quant.shape
+        pixels = _from_cells(self.decoder(self.post_quant_conv(_to_cells(quant, 1))), b, rows, cols)
         return DecoderOutput(sample=pixels) if return_dict else (pixels,)
+
+
+def _to_cells(x: torch.Tensor, f: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B * H/f * W/f, C, f, f): each f x f cell as an image of its own, in raster order."""
+    b, c, height, width = x.shape
+    h, w = height // f, width // f
+    return x.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c, f, f)
+
+
+def _from_cells(cells: torch.Tensor, b: int, rows: int, cols: int) -> torch.Tensor:
+    """The inverse of `_to_cells`: (b * rows * cols, C, s, s) -> (b, C, rows * s, cols * s)."""
+    c, s = cells.shape[1], cells.shape[-1]
+    return cells.reshape(b, rows, cols, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, rows * s, cols * s)
 
 
 class PixelNorm(torch.nn.Module):

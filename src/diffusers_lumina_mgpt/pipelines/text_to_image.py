@@ -301,7 +301,7 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         height = self.config.default_size if height is None else height
         width = self.config.default_size if width is None else width
         if guidance_scale is None:
-            guidance_scale = self.config.get("default_guidance_scale", 3.0)
+            guidance_scale = self.config.default_guidance_scale
         prompts = self.check_inputs(
             prompt, height, width, negative_prompt, num_images_per_prompt, guidance_scale, output_type,
             callback_on_step_end_tensor_inputs,
