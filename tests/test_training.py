@@ -229,6 +229,23 @@ def test_learning_rate_schedule_per_stage():
     assert lrs[9] < 0.2 and all(a >= b for a, b in zip(lrs[1:10], lrs[2:10]))
 
 
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from diffusers_lumina_mgpt.training import precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "flags" in cpuinfo.read_text():  # the detector agrees with the kernel's CPU flags
+        flags = set(next(x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")).split())
+        assert precision.cpu_has_native_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert precision.resolve_mixed_precision("auto", cuda=False) == expected
+        assert precision.resolve_mixed_precision("no", cuda=False) == "no"
+    with pytest.warns(UserWarning, match="no native bf16"):  # still bf16, as asked, but said to be slow
+        assert precision.resolve_mixed_precision("bf16", cuda=False) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve_mixed_precision("auto", cuda=True) == "bf16"
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_checkpoint_writes_are_atomic_and_pruned(tmp_path):
     for step in (1, 2, 3):
@@ -255,6 +272,9 @@ def test_config_errors_name_the_key(tmp_path, tiny_base):
     with pytest.raises(ValueError, match="multiple of train.micro_batch_size"):
         load_train_config(cfg, ["train.micro_batch_size=3"])
     assert load_train_config(cfg, ["train.lr=0.5", "stages.1.steps=7"])["stages"][1]["steps"] == 7
+    # YAML reads a bare `no` as false; a text setting keeps the word, a boolean one the boolean
+    config = load_train_config(cfg, ["train.mixed_precision=no", "train.gradient_checkpointing=yes"])
+    assert config["train"]["mixed_precision"] == "no" and config["train"]["gradient_checkpointing"] is True
     res = run_cli(["train", str(cfg), "--output-dir", str(tmp_path / "r"), "--set", "train.nope=1"])
     assert res.returncode == 2 and "'nope' is not a key of train" in res.stderr and "Traceback" not in res.stderr
 

@@ -51,6 +51,10 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
             raise ValueError(f"--set {key}: {'.'.join(parts[:i + 1])!r} is not in the config")
     last = parts[-1]
     value = yaml.safe_load(raw)
+    current = node[int(last)] if isinstance(node, list) and last.isdigit() and int(last) < len(node) else (
+        node.get(last) if isinstance(node, dict) else None)
+    if isinstance(value, bool) and isinstance(current, str):
+        value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans; a text setting keeps the word
     if isinstance(node, list) and last.isdigit() and int(last) < len(node):
         node[int(last)] = value
     elif isinstance(node, dict) and (last in node or any(".".join(parts[:i]) in FREE_FORM for i in range(1, len(parts)))):

@@ -40,6 +40,7 @@ from .checkpoints import (
     MetricsLog, latest_checkpoint, load_plain_state, read_state, save_checkpoint, save_pipeline, save_plain_state,
 )
 from .config import load_config, positive, resolve_path
+from .precision import resolve_mixed_precision
 
 MAX_TEXT_LENGTH = 77  # IFPipeline pads every prompt to 77 tokens; training does the same
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 (T5's order)
@@ -94,8 +95,8 @@ def check_diffusion_config(config: dict[str, Any]) -> None:
         raise ValueError(f"train.caption_dropout must be in [0, 1), got {tr['caption_dropout']}")
     if tr["ema_decay"] is not None and not 0 < tr["ema_decay"] < 1:
         raise ValueError(f"train.ema_decay must be null (no EMA) or in (0, 1), e.g. 0.995; got {tr['ema_decay']}")
-    if tr["mixed_precision"] not in ("no", "bf16"):
-        raise ValueError(f"train.mixed_precision must be no or bf16, got {tr['mixed_precision']!r}")
+    if tr["mixed_precision"] not in ("no", "bf16", "auto"):
+        raise ValueError(f"train.mixed_precision must be 'no', bf16 or auto (quoted in YAML), got {tr['mixed_precision']!r}")
     if not config["diffusion"]["snr_shift"] > 0:
         raise ValueError(f"diffusion.snr_shift must be positive (1 = no shift), got {config['diffusion']['snr_shift']}")
     if config["diffusion"]["prediction_type"] not in ("epsilon", "v_prediction"):
@@ -382,7 +383,8 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
         start, train_seconds = int(state["step"]), float(state["train_seconds"])
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start)
     steps = int(tr["steps"])
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr["mixed_precision"] == "bf16")
+    precision = resolve_mixed_precision(tr["mixed_precision"], cuda=False)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train-diffusion", disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
@@ -416,7 +418,7 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
                             lambda tmp: save_plain_state(tmp, model, optimizer, schedule), keep=int(tr["keep_checkpoints"]))
     bar.close()
     unet, text_encoder = model.final()
-    compute = compute_report(config, unet, text_encoder, buckets, batches, train_seconds, setup_seconds)
+    compute = compute_report(config, unet, text_encoder, buckets, batches, train_seconds, setup_seconds, precision)
     export_diffusion_pipeline(config, unet.eval(), text_encoder.eval(), tokenizer, final)
     (out / "compute.json").write_text(json.dumps(compute, indent=1))
     return final
@@ -452,7 +454,7 @@ def export_diffusion_pipeline(config: dict[str, Any], unet, text_encoder, tokeni
 
 
 def compute_report(config: dict[str, Any], unet, text_encoder, buckets: list[tuple[int, int]], batches: BucketBatches,
-                   train_seconds: float, setup_seconds: float) -> dict[str, Any]:
+                   train_seconds: float, setup_seconds: float, precision: str = "no") -> dict[str, Any]:
     """Training compute: steps, images, seconds, and FLOPs counted by `torch.utils.flop_counter` (matmuls,
     convolutions, attention) for one image of each bucket: a training step's forward + backward of the
     UNet and text encoder, and one sampling forward of the UNet."""
@@ -484,7 +486,7 @@ def compute_report(config: dict[str, Any], unet, text_encoder, buckets: list[tup
         "train_flops_per_image": train_flops, "total_train_flops": total,
         "unet_forward_flops_per_image": forward_flops,
         "flops_counted_by": "torch.utils.flop_counter: matmuls, convolutions, attention; norms and elementwise ops not counted",
-        "mixed_precision": tr["mixed_precision"], "threads": torch.get_num_threads(),
+        "mixed_precision": tr["mixed_precision"], "precision_used": precision, "threads": torch.get_num_threads(),
     }
 
 

@@ -31,6 +31,7 @@ import torch
 
 from .checkpoints import MetricsLog, latest_checkpoint, read_state, save_checkpoint, save_pipeline
 from .config import load_config, positive, resolve_path
+from .precision import PRECISIONS, resolve_mixed_precision
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -76,8 +77,9 @@ def check_config(config: dict[str, Any]) -> None:
     if tasks is not None and (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)):
         raise ValueError("train.prompt_dropout_tasks must be a non-empty list of task names (e.g. [t2i]) or null "
                          f"(every row whose answer is an image), got {tasks!r}")
-    if tr["mixed_precision"] not in ("no", "bf16", "fp16"):
-        raise ValueError(f"train.mixed_precision must be no, bf16 or fp16, got {tr['mixed_precision']!r}")
+    if tr["mixed_precision"] not in PRECISIONS:
+        raise ValueError(f"train.mixed_precision must be 'no', bf16, fp16 or auto (quoted in YAML), got "
+                         f"{tr['mixed_precision']!r}")
     stages = config["stages"]
     if not stages:
         raise ValueError("the config has no stages; add at least one {name, size, steps, data} entry")
@@ -262,7 +264,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     if tr["threads"]:
         torch.set_num_threads(int(tr["threads"]))
     # "no" leaves the choice to an accelerate config file (e.g. the FSDP examples' bf16)
-    precision = None if tr["mixed_precision"] == "no" else tr["mixed_precision"]
+    resolved = resolve_mixed_precision(tr["mixed_precision"], cuda=torch.cuda.is_available())
+    precision = None if resolved == "no" else resolved
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     run.mkdir(parents=True, exist_ok=True)
