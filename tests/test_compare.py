@@ -94,7 +94,7 @@ def test_results_validate_and_cover_every_item(comparison):
     out, results = comparison
     validate_results(results)
     assert json.loads((out / "results.json").read_text()) == results
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     # 5 pipelines x 2 sizes x 3 prompts (counting, colors, held-out colors) x 2 seeds, one record each
     assert [r["item"] for r in results["records"]] == list(range(5 * 2 * 3 * 2))
     assert {p["name"]: p["kind"] for p in results["pipelines"]} == {
@@ -120,7 +120,7 @@ def test_schema_rejects_broken_results(comparison):
     del broken["records"][3]["image"]
     with pytest.raises(ValueError, match="required key 'image'"):
         validate_results(broken)
-    assert RESULTS_SCHEMA["properties"]["schema_version"]["enum"] == [1]
+    assert RESULTS_SCHEMA["properties"]["schema_version"]["enum"] == [2]
 
 
 def test_forward_counts_and_images_match_direct_calls(comparison, tiny_pipe_dir, sd_dir):
@@ -180,6 +180,21 @@ def test_report_grid_and_plot(comparison):
     grid = Image.open(out / "grid.png")
     assert grid.width > 5 * 96 and grid.height > 3 * 96  # 5 columns, 3 prompt rows
     assert Image.open(out / "quality_vs_time.png").size[0] > 300
+    assert "| run | 32x32 accuracy | 32x32 s / image | 48x32 accuracy | 48x32 s / image |" in report
+
+
+def test_summary_breaks_each_run_down_by_size(comparison):
+    results = comparison[1]
+    summary = {s["pipeline"]: s for s in results["summary"]}
+    ar = {tuple(e["size"]): e for e in summary["ar"]["sizes"]}
+    assert list(ar) == [(32, 32), (48, 32)]
+    assert (ar[(32, 32)]["images"], ar[(32, 32)]["errors"]) == (6, 0) and ar[(32, 32)]["mean_seconds"] > 0
+    assert (ar[(48, 32)]["images"], ar[(48, 32)]["errors"], ar[(48, 32)]["shapes_overall"]) == (0, 6, None)
+    for size in ((32, 32), (48, 32)):  # one size's accuracy is the run's figure over that size's records
+        rows = [r for r in records_of(results, "sd", width=size[0]) if r["split"] == "train"]
+        fams = [np.mean([r["shapes_passed"] for r in rows if r["family"] == f]) for f in ("counting", "colors")]
+        entry = next(e for e in summary["sd"]["sizes"] if tuple(e["size"]) == size)
+        assert entry["images"] == 6 and entry["shapes_overall"] == pytest.approx(np.mean(fams))
 
 
 def test_plot_skipped_without_matplotlib_says_so(comparison, monkeypatch, tmp_path):
@@ -217,6 +232,39 @@ def test_sweep_gives_one_run_per_value(tiny_pipe_dir, sd_dir, tmp_path):
                              warmup=0, progress=False)
     assert [(s["pipeline"], s["sweep_value"]) for s in results["summary"]] == [
         ("ours", "ar"), ("ours", "jacobi"), ("sd", None)]  # the scheduler knob applies only to ours
+
+
+def test_pipeline_args_reach_one_pipeline_only(tiny_pipe_dir, sd_dir, tmp_path):
+    """`--pipeline-arg NAME:KEY=VALUE`: a call argument for one pipeline, over the shared --call-arg."""
+    results = run_comparison([f"sd={sd_dir}", f"sd3={sd_dir}", f"ours={tiny_pipe_dir}"], tmp_path,
+                             prompts=["a red circle"], sizes=[(32, 32)], call_args={"num_inference_steps": 2},
+                             pipeline_args=["sd3:num_inference_steps=3", "ours:guidance_scale=1"], warmup=0,
+                             progress=False)
+    forwards = {s["pipeline"]: s["mean_forward_passes"] for s in results["summary"]}
+    assert forwards["sd"] == 2 and forwards["sd3"] == 3
+    guided = run_comparison([f"ours={tiny_pipe_dir}"], tmp_path / "g", prompts=["a red circle"], sizes=[(32, 32)],
+                            warmup=0, progress=False)
+    ours = records_of(results, "ours")[0]
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / ours["image"])),  # guidance 1 drops the CFG rows
+                              np.asarray(Image.open(tmp_path / "g" / guided["records"][0]["image"])))
+    assert {p["name"]: p["call_args"] for p in results["pipelines"]} == {
+        "sd": {}, "sd3": {"num_inference_steps": 3}, "ours": {"guidance_scale": 1}}
+    assert "call arguments of one pipeline: sd3: num_inference_steps=3; ours: guidance_scale=1" in (
+        tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pipeline-arg", "ours=3"], "must look like NAME:KEY=VALUE"),
+    (["--pipeline-arg", "other:guidance_scale=3"], "no compared pipeline is named 'other'"),
+    (["--pipeline-arg", "ours:height=32"], "height is set by the harness"),
+    (["--pipeline-arg", "ours:num_inference_steps=3"], "ours (LuminaMGPTPipeline) does not take num_inference_steps"),
+    (["--pipeline-arg", "ours:guidance_scale=3", "--sweep", "guidance_scale=1,2"], "both set it"),
+])
+def test_pipeline_arg_mistakes_are_one_line(tiny_pipe_dir, tmp_path, capsys, argv, message):
+    code = main(["compare", "--pipelines", f"ours={tiny_pipe_dir}", "--prompts", "shapes", "--n", "1", "--families",
+                 "counting", "--out", str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_clip_score_from_a_local_clip_folder(tiny_pipe_dir, tmp_path):
@@ -303,16 +351,38 @@ def test_compare_mistakes_are_one_line(tiny_pipe_dir, tmp_path, capsys, argv, me
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_without_pipelines_it_compares_the_default_model_under_both_schedulers(tmp_path, capsys, monkeypatch):
+def test_without_pipelines_it_compares_the_default_models(sd_dir, tmp_path, capsys, monkeypatch):
+    """No --pipelines: the shipped AR model under both schedulers and the shipped diffusion baseline (here
+    the tiny Stable Diffusion stands in for it) at its own call arguments, which --pipeline-arg overrides;
+    the four default sizes unless --sizes is given."""
     import diffusers_lumina_mgpt
+    from diffusers_lumina_mgpt import DEFAULT_MODEL
+    from diffusers_lumina_mgpt.cli import build_parser
+    from diffusers_lumina_mgpt.compare import cli as compare_cli
 
+    monkeypatch.setattr(diffusers_lumina_mgpt, "DEFAULT_DIFFUSION_MODEL", str(sd_dir))
+    monkeypatch.setattr(compare_cli, "DEFAULT_DIFFUSION_CALL_ARGS", {"num_inference_steps": 2, "guidance_scale": 2.0})
     out = tmp_path / "o"
-    assert main(["compare", "--n", "2", "--families", "single_object", "--out", str(out), "--no-progress"]) == 0
+    assert main(["compare", "--n", "2", "--families", "single_object", "--sizes", "64x64", "--out", str(out),
+                 "--pipeline-arg", "diffusion:num_inference_steps=3", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [p["name"] for p in results["pipelines"]] == ["ar", "jacobi"]
-    assert {p["kind"] for p in results["pipelines"]} == {"autoregressive"}
-    assert len(results["records"]) == 4 and not any(r["error"] for r in results["records"])
-    assert sum(r["shapes_passed"] for r in results["records"]) >= 2  # a trained model: most single objects pass
+    assert [(p["name"], p["kind"]) for p in results["pipelines"]] == [
+        ("ar", "autoregressive"), ("jacobi", "autoregressive"), ("diffusion", "diffusion")]
+    assert results["pipelines"][2]["call_args"] == {"num_inference_steps": 3, "guidance_scale": 2.0}
+    assert len(results["records"]) == 6 and not any(r["error"] for r in results["records"])
+    assert {r["forward_passes"] for r in records_of(results, "diffusion")} == {3}
+    ours = records_of(results, "ar") + records_of(results, "jacobi")
+    assert sum(r["shapes_passed"] for r in ours) >= 2  # a trained model: most single objects pass
+
+    args = build_parser().parse_args(["compare", "--out", str(tmp_path / "x")])
+    compare_cli.check_compare_args(args)
+    assert args.sizes == list(compare_cli.DEFAULT_COMPARISON_SIZES) and len(args.pipelines) == 3
+    args = build_parser().parse_args(["compare", "--pipelines", str(sd_dir), "--out", str(tmp_path / "x")])
+    compare_cli.check_compare_args(args)
+    assert args.sizes == [(64, 64)]
+    monkeypatch.setattr(diffusers_lumina_mgpt, "DEFAULT_DIFFUSION_MODEL", str(tmp_path / "absent"))
+    assert compare_cli.default_pipelines() == ([f"ar={DEFAULT_MODEL}@ar", f"jacobi={DEFAULT_MODEL}@jacobi"], [])
+
     capsys.readouterr()
     monkeypatch.setattr(diffusers_lumina_mgpt, "DEFAULT_MODEL", str(tmp_path / "absent"))
     assert main(["compare", "--out", str(tmp_path / "p"), "--no-progress"]) == 2

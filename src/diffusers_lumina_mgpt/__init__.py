@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Where a shipped default model lies: a diffusers pipeline folder inside the package (none ships yet;
-# commands that fall back to it say so and ask for --model).
+# The shipped default model: a diffusers pipeline folder inside the package (a Lumina-mGPT trained on
+# ShapesWorld by examples/shapesworld/default.yaml); commands use it when no --model is given.
 DEFAULT_MODEL: str = str(Path(__file__).resolve().parent / "models" / "shapesworld")
+# The shipped diffusion baseline (a stock diffusers IFPipeline trained on the same ShapesWorld records by
+# examples/shapesworld/diffusion.yaml): what `lumina-mgpt compare` sets against DEFAULT_MODEL by default.
+DEFAULT_DIFFUSION_MODEL: str = str(Path(__file__).resolve().parent / "models" / "shapesworld-diffusion")
 
 # public name -> module (relative to this package) that defines it
 _LAZY: dict[str, str] = {
@@ -36,7 +39,7 @@ _LAZY: dict[str, str] = {
     "NO_EDIT_INSTRUCTION": ".pipelines",
 }
 
-__all__ = ["DEFAULT_MODEL", "__version__", *_LAZY]
+__all__ = ["DEFAULT_DIFFUSION_MODEL", "DEFAULT_MODEL", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

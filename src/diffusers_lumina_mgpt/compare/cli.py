@@ -13,6 +13,12 @@ import os
 import subprocess
 import sys
 
+# The default comparison (no --pipelines): two sizes and two aspect ratios. Both shipped models trained on
+# 64x64, 80x48 and 48x80 pictures; neither saw 96x96 (a resolution both must extrapolate to).
+DEFAULT_COMPARISON_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (96, 96), (80, 48), (48, 80))
+DEFAULT_DIFFUSION_CALL_ARGS: dict[str, object] = {"num_inference_steps": 20, "guidance_scale": 3.0,
+                                                  "clean_caption": False}
+
 COMPARE_EXAMPLE = ("example: lumina-mgpt compare --pipelines ours=my-pipeline@jacobi sd=my-sd-pipeline "
                    "--prompts shapes --n 10 --seeds 0 1 --sizes 64x64 --out runs/compare")
 
@@ -35,14 +41,18 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed that draws the ShapesWorld prompts (default 0)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="generator seeds, one image per seed (default 0)")
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(64, 64)], metavar="WxH",
-                        help="image sizes, width x height (default 64x64)")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, metavar="WxH",
+                        help="image sizes, width x height (default 64x64; with no --pipelines: "
+                             f"{' '.join(f'{w}x{h}' for w, h in DEFAULT_COMPARISON_SIZES)})")
     parser.add_argument("--out", required=True, help="output folder: results.json, report.md, images/, grid.png")
     parser.add_argument("--sweep", metavar="KNOB=V1,V2,...",
                         help="run each pipeline that takes KNOB once per value (guidance_scale, image_top_k, "
                              "num_inference_steps, scheduler=ar,jacobi, ...)")
     parser.add_argument("--call-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="a call argument for every pipeline whose __call__ takes it (repeatable)")
+    parser.add_argument("--pipeline-arg", action="append", default=[], metavar="NAME:KEY=VALUE",
+                        help="a call argument for the pipeline named NAME alone, e.g. diffusion:guidance_scale=5 "
+                             "(repeatable; wins over --call-arg)")
     parser.add_argument("--clip-model", help="a local transformers CLIPModel folder (with its processor): "
                                              "adds a CLIP score per image")
     parser.add_argument("--device", help="cuda / cpu (default: cuda if available; one GPU per process)")
@@ -81,24 +91,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ge.set_defaults(func=_geneval_export)
 
 
-def default_pipelines() -> list[str]:
-    """What `compare` runs when no --pipelines are given: the shipped default model under both decoding
-    schedulers (ValueError, saying to pass --pipelines, when this install has no default model)."""
+def default_pipelines(pipeline_args: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """What `compare` runs when no --pipelines are given, and the per-pipeline call arguments: the shipped
+    default model under both decoding schedulers, and the shipped diffusion baseline (when this install has
+    it) at DEFAULT_DIFFUSION_CALL_ARGS, which the user's own `pipeline_args` override. ValueError, saying
+    to pass --pipelines, when this install has no default model."""
+    from pathlib import Path
+
+    from .. import DEFAULT_DIFFUSION_MODEL
     from ..default_model import resolve_model
 
     model = resolve_model(None, fix="pass --pipelines PATH ... (the pipeline folders to compare)")
-    return [f"ar={model}@ar", f"jacobi={model}@jacobi"]
+    pipelines, own = [f"ar={model}@ar", f"jacobi={model}@jacobi"], []
+    if (Path(DEFAULT_DIFFUSION_MODEL) / "model_index.json").is_file():
+        pipelines.append(f"diffusion={DEFAULT_DIFFUSION_MODEL}")
+        own = [f"diffusion:{k}={v}" for k, v in DEFAULT_DIFFUSION_CALL_ARGS.items()]
+    return pipelines, own + list(pipeline_args or [])
+
+
+def default_sizes(args: argparse.Namespace) -> None:
+    """--sizes when none were given: DEFAULT_COMPARISON_SIZES for the default comparison, else 64x64."""
+    if args.sizes is None:
+        args.sizes = list(DEFAULT_COMPARISON_SIZES if args.pipelines is None else [(64, 64)])
 
 
 def check_compare_args(args: argparse.Namespace) -> None:
     """Mistakes answered in one line before any process starts or model loads."""
     from ..cli_checks import check_output_dir
     from .prompts import load_prompts
-    from .specs import parse_call_args, parse_pipelines, parse_sweep
+    from .specs import (
+        apply_pipeline_args,
+        parse_call_args,
+        parse_pipelines,
+        parse_sweep,
+    )
 
+    default_sizes(args)
     if args.pipelines is None:
-        args.pipelines = default_pipelines()
-    parse_pipelines(args.pipelines)
+        args.pipelines, args.pipeline_arg = default_pipelines(args.pipeline_arg)
+    apply_pipeline_args(parse_pipelines(args.pipelines), args.pipeline_arg)
     parse_sweep(args.sweep)
     parse_call_args(args.call_arg)
     load_prompts(args.prompts, args.n, args.families, args.prompt_seed)
@@ -111,11 +142,12 @@ def run_compare(args: argparse.Namespace) -> int:
     """Run the comparison in this process (or as one of the processes accelerate started)."""
     from .runner import run_comparison
 
+    default_sizes(args)
     if args.pipelines is None:
-        args.pipelines = default_pipelines()
+        args.pipelines, args.pipeline_arg = default_pipelines(args.pipeline_arg)
     results = run_comparison(args.pipelines, args.out, args.prompts, args.seeds, args.sizes, args.n, args.families,
                              args.prompt_seed, args.sweep, args.call_arg, args.clip_model, args.device, args.dtype,
-                             args.warmup, progress=not args.no_progress)
+                             args.warmup, progress=not args.no_progress, pipeline_args=args.pipeline_arg)
     if results is not None:
         errors = sum(s["errors"] for s in results["summary"])
         images = sum(s["images"] for s in results["summary"])
@@ -140,6 +172,8 @@ def launch_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--families", *args.families]
     for item in args.call_arg:
         cmd += ["--call-arg", item]
+    for item in args.pipeline_arg:
+        cmd += ["--pipeline-arg", item]
     return cmd + (["--no-progress"] if args.no_progress else [])
 
 

@@ -34,6 +34,7 @@ class PipelineInfo:
     parameters: int | None = None  # filled when loaded
     forward_counter: str | None = None  # "num_forward_passes" (ours), "transformer", "unet", or None
     error: dict[str, str] | None = None
+    call_args: dict[str, Any] = field(default_factory=dict)  # for this pipeline alone (--pipeline-arg)
 
     def accepts(self, knob: str) -> bool:
         """Whether a knob (a call argument, or `scheduler` for ours) applies to this pipeline."""
@@ -44,7 +45,7 @@ class PipelineInfo:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "scheduler": self.scheduler, "class_name": self.class_name,
                 "kind": self.kind, "parameters": self.parameters, "forward_counter": self.forward_counter,
-                "error": self.error}
+                "call_args": self.call_args, "error": self.error}
 
 
 def error_record(err: BaseException) -> dict[str, str]:
@@ -80,7 +81,7 @@ def describe(spec: PipelineSpec) -> PipelineInfo:
     info with `error` set (its work is then recorded as failed, and the comparison goes on)."""
     from ..default_model import pipeline_class_name, pipeline_folder
 
-    info = PipelineInfo(spec.name, spec.path, spec.scheduler)
+    info = PipelineInfo(spec.name, spec.path, spec.scheduler, call_args=dict(spec.call_args))
     try:
         info.class_name = pipeline_class_name(pipeline_folder(spec.path))
     except (OSError, ValueError) as err:

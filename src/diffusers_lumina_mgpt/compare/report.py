@@ -70,6 +70,28 @@ def family_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def size_table(results: dict[str, Any]) -> list[str]:
+    """Seconds per image and ShapesWorld accuracy at each size, one row per run (only with several sizes)."""
+    sizes = [tuple(s) for s in results["settings"]["sizes"]]
+    if len(sizes) < 2:
+        return []
+    knob = (results["settings"]["sweep"] or {}).get("knob")
+    scored = any(e["shapes_overall"] is not None for s in results["summary"] for e in s["sizes"])
+    head = ["run", *(f"{w}x{h} {what}" for w, h in sizes for what in (("accuracy", "s / image") if scored
+                                                                       else ("s / image",)))]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for s in results["summary"]:
+        at = {tuple(e["size"]): e for e in s["sizes"]}
+        cells = [run_label(s["pipeline"], s["sweep_value"], knob)]
+        for size in sizes:
+            e = at.get(size)
+            if scored:
+                cells.append(_num(e["shapes_overall"] if e else None))
+            cells.append(_num(e["mean_seconds"] if e else None))
+        lines.append(_row(cells))
+    return lines
+
+
 def error_lines(results: dict[str, Any]) -> list[str]:
     """One line per distinct error of a pipeline (with how many images it cost)."""
     seen: dict[tuple[str, str, str], int] = {}
@@ -97,6 +119,8 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
     dtype = f"; dtype: {st['dtype']}" if st["dtype"] else ""
     swept = f"{sweep['knob']} = {', '.join(map(str, sweep['values']))}" if sweep else "none"
     call_args = ", ".join(f"{k}={v}" for k, v in st["call_args"].items()) or "none"
+    own = [f"{p['name']}: " + ", ".join(f"{k}={v}" for k, v in p["call_args"].items())
+           for p in results["pipelines"] if p["call_args"]]
     lines = [
         "# Text-to-image comparison", "",
         (f"Written by `lumina-mgpt compare` at {results['created']} "
@@ -105,12 +129,16 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
         (f"- seeds: {' '.join(map(str, st['seeds']))}; sizes: {sizes}; device: {st['device']}{dtype}; "
          f"processes: {st['num_processes']}; warm-up calls per run: {st['warmup']}"),
         f"- sweep: {swept}",
-        f"- call arguments: {call_args}; CLIP model: {st['clip_model'] or 'none'}", "",
+        f"- call arguments: {call_args}; CLIP model: {st['clip_model'] or 'none'}",
+        *([f"- call arguments of one pipeline: {'; '.join(own)}"] if own else []), "",
         "## Summary", "", *summary_table(results), "", MEASURES_NOTE, "",
     ]
     families = family_table(results)
     if families:
         lines += ["## ShapesWorld accuracy per family", "", *families, "", OVERALL_NOTE, ""]
+    per_size = size_table(results)
+    if per_size:
+        lines += ["## Per image size", "", *per_size, ""]
     first = f"seed {st['seeds'][0]}, {st['sizes'][0][0]}x{st['sizes'][0][1]}"
     lines += ["## Images", ""]
     if grid:

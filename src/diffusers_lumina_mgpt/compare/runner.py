@@ -26,6 +26,7 @@ from .specs import (
     SCHEDULER_KNOB,
     PipelineSpec,
     Sweep,
+    apply_pipeline_args,
     parse_call_args,
     parse_pipelines,
     parse_sweep,
@@ -74,7 +75,8 @@ def image_path(item: WorkItem, sweep: Sweep | None) -> str:
 
 
 def call_kwargs(info: PipelineInfo, call_args: dict[str, Any], sweep: Sweep | None, value: Any) -> dict[str, Any]:
-    kwargs = {k: v for k, v in call_args.items() if info.accepts(k)}
+    """The shared call arguments the pipeline takes, then its own (`--pipeline-arg`), then the swept knob."""
+    kwargs = {k: v for k, v in call_args.items() if info.accepts(k)} | info.call_args
     if sweep is not None and sweep.knob != SCHEDULER_KNOB and info.accepts(sweep.knob):
         kwargs[sweep.knob] = value
     return kwargs
@@ -145,6 +147,14 @@ def execute(items: list[WorkItem], infos: dict[str, PipelineInfo], prompts: list
 
 
 def _check_knobs(infos: list[PipelineInfo], call_args: dict[str, Any], sweep: Sweep | None) -> None:
+    for info in infos:
+        if sweep is not None and sweep.knob in info.call_args:
+            raise ValueError(f"--pipeline-arg {info.name}:{sweep.knob} and --sweep {sweep.knob} both set it; "
+                             "drop the --pipeline-arg")
+        bad = sorted(k for k in info.call_args if info.error is None and info.call_parameters and not info.accepts(k))
+        if bad:
+            raise ValueError(f"--pipeline-arg {info.name}:{bad[0]}: {info.name} ({info.class_name}) does not take "
+                             f"{bad[0]}; it takes {', '.join(p for p in info.call_parameters if p != 'self')}")
     described = [i for i in infos if i.error is None]
     if not described:
         return
@@ -171,6 +181,7 @@ def run_comparison(
     dtype: str | None = None,
     warmup: int = 1,
     progress: bool = True,
+    pipeline_args: Sequence[str] | None = None,
 ) -> dict[str, Any] | None:
     """Compare text-to-image pipelines (ours under any scheduler, or any diffusers pipeline folder) on
     the same prompts, seeds and sizes; writes `out/results.json`, `out/report.md`, `out/images/`,
@@ -179,13 +190,14 @@ def run_comparison(
     Run under `accelerate launch` (what `lumina-mgpt compare --num-processes N` does), the work is
     split between the processes; only the main process returns the results (the others None).
     `n`: prompts per ShapesWorld family (default 4) or the first n prompts of a file or list.
+    `pipeline_args`: `NAME:KEY=VALUE` call arguments for one pipeline (after `call_args`, which all take).
     """
     import torch
     from accelerate import PartialState
 
     from ..cli_checks import check_device, check_output_dir
 
-    specs = parse_pipelines(list(pipelines))
+    specs = apply_pipeline_args(parse_pipelines(list(pipelines)), list(pipeline_args or []))
     sweep = parse_sweep(sweep) if isinstance(sweep, str) else sweep
     call_args = dict(call_args) if isinstance(call_args, dict) else parse_call_args(list(call_args or []))
     if sweep is not None and sweep.knob in call_args:

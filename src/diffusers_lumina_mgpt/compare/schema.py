@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pipelines[].call_args (--pipeline-arg), summary[].sizes (figures per image size)
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _SWEEP_VALUE = {"type": ["number", "string", "boolean", "null"]}
@@ -48,7 +48,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
         },
         "pipelines": {"type": "array", "items": {
             "type": "object",
-            "required": ["name", "path", "scheduler", "class_name", "kind", "parameters", "forward_counter", "error"],
+            "required": ["name", "path", "scheduler", "class_name", "kind", "parameters", "forward_counter",
+                         "call_args", "error"],
             "additionalProperties": False,
             "properties": {
                 "name": {"type": "string"},
@@ -59,6 +60,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "parameters": {"type": ["integer", "null"], "minimum": 0},
                 "forward_counter": {"type": ["string", "null"],
                                     "enum": ["num_forward_passes", "transformer", "unet", None]},
+                "call_args": {"type": "object", "description": "call arguments for this pipeline alone"},
                 "error": {"$ref": "#/$defs/error"},
             },
         }},
@@ -94,7 +96,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "summary": {"type": "array", "items": {
             "type": "object",
             "required": ["pipeline", "sweep_value", "images", "errors", "mean_seconds", "mean_forward_passes",
-                         "peak_memory_bytes", "parameters", "shapes", "clip_score"],
+                         "peak_memory_bytes", "parameters", "shapes", "clip_score", "sizes"],
             "additionalProperties": False,
             "properties": {
                 "pipeline": {"type": "string"},
@@ -115,6 +117,12 @@ RESULTS_SCHEMA: dict[str, Any] = {
                                                "families": {"type": "object",
                                                             "additionalProperties": {"type": "number"}}}}}},
                 "clip_score": _NUM_OR_NULL,
+                "sizes": {"type": "array", "description": "the run's figures at each image size", "items": {
+                    "type": "object", "required": ["size", "images", "errors", "mean_seconds", "shapes_overall"],
+                    "additionalProperties": False, "properties": {
+                        "size": {"$ref": "#/$defs/size"}, "images": {"type": "integer", "minimum": 0},
+                        "errors": {"type": "integer", "minimum": 0}, "mean_seconds": _NUM_OR_NULL,
+                        "shapes_overall": _NUM_OR_NULL}}},
             },
         }},
     },

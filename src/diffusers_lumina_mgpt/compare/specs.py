@@ -1,10 +1,11 @@
 """What the user asks to compare: pipeline arguments (`[NAME=]PATH[@ar|@jacobi]`), the sweep
-(`KNOB=V1,V2,...`) and fixed call arguments (`KEY=VALUE`). Pure parsing, no torch."""
+(`KNOB=V1,V2,...`), call arguments for every pipeline (`KEY=VALUE`) and for one (`NAME:KEY=VALUE`).
+Pure parsing, no torch."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """One compared pipeline: a display name, its folder, and for ours an optional decoding scheduler."""
+    """One compared pipeline: a display name, its folder, for ours an optional decoding scheduler, and
+    call arguments for this pipeline alone (`--pipeline-arg NAME:KEY=VALUE`)."""
 
     name: str
     path: str
     scheduler: str | None = None  # "ar" / "jacobi" (ours only); None keeps the folder's scheduler
+    call_args: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,15 +101,34 @@ def parse_sweep(text: str | None) -> Sweep | None:
     return Sweep(knob, parsed)
 
 
-def parse_call_args(items: list[str] | None) -> dict[str, Any]:
+HARNESS_ARGS = ("prompt", "height", "width", "generator", "output_type")  # the harness sets these itself
+
+
+def parse_call_args(items: list[str] | None, flag: str = "--call-arg") -> dict[str, Any]:
     """`KEY=VALUE` strings -> call keyword arguments."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ValueError(f"--call-arg {item!r} must look like KEY=VALUE (e.g. num_inference_steps=20)")
+            raise ValueError(f"{flag} {item!r} must look like KEY=VALUE (e.g. num_inference_steps=20)")
         out[key.strip()] = parse_value(value)
-    reserved = {"prompt", "height", "width", "generator", "output_type"} & set(out)
+    reserved = set(HARNESS_ARGS) & set(out)
     if reserved:
-        raise ValueError(f"--call-arg {min(reserved)} is set by the harness; use --prompts/--sizes/--seeds instead")
+        raise ValueError(f"{flag} {min(reserved)} is set by the harness; use --prompts/--sizes/--seeds instead")
     return out
+
+
+def apply_pipeline_args(specs: list[PipelineSpec], items: list[str] | None) -> list[PipelineSpec]:
+    """`NAME:KEY=VALUE` strings (`--pipeline-arg`): call arguments for the pipeline named NAME alone,
+    added to its spec (a later value for the same key wins)."""
+    by_name = {s.name: dict(s.call_args) for s in specs}
+    for item in items or []:
+        name, sep, rest = item.partition(":")
+        if not sep or "=" not in rest:
+            raise ValueError(f"--pipeline-arg {item!r} must look like NAME:KEY=VALUE "
+                             "(e.g. diffusion:num_inference_steps=20)")
+        if name not in by_name:
+            raise ValueError(f"--pipeline-arg {item!r}: no compared pipeline is named {name!r}; "
+                             f"the names are {', '.join(by_name)} (set one with NAME=PATH in --pipelines)")
+        by_name[name].update(parse_call_args([rest], flag=f"--pipeline-arg {name}:"))
+    return [replace(s, call_args=tuple(by_name[s.name].items())) for s in specs]
