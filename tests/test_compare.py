@@ -259,6 +259,7 @@ def test_pipeline_args_reach_one_pipeline_only(tiny_pipe_dir, sd_dir, tmp_path):
     (["--pipeline-arg", "ours:height=32"], "height is set by the harness"),
     (["--pipeline-arg", "ours:num_inference_steps=3"], "ours (LuminaMGPTPipeline) does not take num_inference_steps"),
     (["--pipeline-arg", "ours:guidance_scale=3", "--sweep", "guidance_scale=1,2"], "both set it"),
+    (["--pipeline-arg", "ours:scheduler=jacobi"], "NAME=PATH@jacobi"),
 ])
 def test_pipeline_arg_mistakes_are_one_line(tiny_pipe_dir, tmp_path, capsys, argv, message):
     code = main(["compare", "--pipelines", f"ours={tiny_pipe_dir}", "--prompts", "shapes", "--n", "1", "--families",
@@ -316,7 +317,8 @@ def test_two_processes_give_the_same_records_as_one(tiny_pipe_dir, sd_dir, tmp_p
     """`--num-processes 2` (accelerate, gloo on CPU): the same per-item records and identical images."""
     args = ["compare", "--pipelines", f"ours={tiny_pipe_dir}@jacobi", f"sd={sd_dir}", "--prompts", "shapes", "--n", "1",
             "--families", "counting", "position", "--seeds", "0", "1", "--sizes", "32x32",
-            "--call-arg", "num_inference_steps=2", "--warmup", "0", "--no-progress"]
+            "--call-arg", "num_inference_steps=2", "--pipeline-arg", "sd:num_inference_steps=3", "--warmup", "0",
+            "--no-progress"]
     # one thread per process in both runs: float sums in another thread count would differ in the last bits
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "diffusers_lumina_mgpt", *args]
@@ -328,6 +330,8 @@ def test_two_processes_give_the_same_records_as_one(tiny_pipe_dir, sd_dir, tmp_p
     assert res.returncode == 0, res.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert two["settings"]["num_processes"] == 2 and one["settings"]["num_processes"] == 1
+    assert [p["call_args"] for p in two["pipelines"]] == [{}, {"num_inference_steps": 3}]  # reached both processes
+    assert {r["forward_passes"] for r in two["records"] if r["pipeline"] == "sd"} == {3}
     keep = ("item", "pipeline", "prompt", "seed", "image", "forward_passes", "shapes_passed", "error")
     assert [{k: r[k] for k in keep} for r in one["records"]] == [{k: r[k] for k in keep} for r in two["records"]]
     for r in one["records"]:
@@ -380,6 +384,10 @@ def test_without_pipelines_it_compares_the_default_models(sd_dir, tmp_path, caps
     args = build_parser().parse_args(["compare", "--pipelines", str(sd_dir), "--out", str(tmp_path / "x")])
     compare_cli.check_compare_args(args)
     assert args.sizes == [(64, 64)]
+    # the baseline's own settings give way to what the user sets: --call-arg, --pipeline-arg, the sweep
+    assert compare_cli.default_pipelines(call_args=["num_inference_steps=7"], sweep="guidance_scale=1,2")[1] == []
+    assert compare_cli.default_pipelines(["diffusion:guidance_scale=5"])[1] == [
+        "diffusion:num_inference_steps=2", "diffusion:guidance_scale=5"]
     monkeypatch.setattr(diffusers_lumina_mgpt, "DEFAULT_DIFFUSION_MODEL", str(tmp_path / "absent"))
     assert compare_cli.default_pipelines() == ([f"ar={DEFAULT_MODEL}@ar", f"jacobi={DEFAULT_MODEL}@jacobi"], [])
 

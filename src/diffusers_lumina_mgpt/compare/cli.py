@@ -16,7 +16,7 @@ import sys
 # The default comparison (no --pipelines): two sizes and two aspect ratios. Both shipped models trained on
 # 64x64, 80x48 and 48x80 pictures; neither saw 96x96 (a resolution both must extrapolate to).
 DEFAULT_COMPARISON_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (96, 96), (80, 48), (48, 80))
-DEFAULT_DIFFUSION_CALL_ARGS: dict[str, object] = {"num_inference_steps": 20, "guidance_scale": 3.0,
+DEFAULT_DIFFUSION_CALL_ARGS: dict[str, object] = {"num_inference_steps": 20, "guidance_scale": 7.0,
                                                   "clean_caption": False}
 
 COMPARE_EXAMPLE = ("example: lumina-mgpt compare --pipelines ours=my-pipeline@jacobi sd=my-sd-pipeline "
@@ -91,28 +91,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ge.set_defaults(func=_geneval_export)
 
 
-def default_pipelines(pipeline_args: list[str] | None = None) -> tuple[list[str], list[str]]:
+def default_pipelines(pipeline_args: list[str] | None = None, call_args: list[str] | None = None,
+                      sweep: str | None = None) -> tuple[list[str], list[str]]:
     """What `compare` runs when no --pipelines are given, and the per-pipeline call arguments: the shipped
     default model under both decoding schedulers, and the shipped diffusion baseline (when this install has
-    it) at DEFAULT_DIFFUSION_CALL_ARGS, which the user's own `pipeline_args` override. ValueError, saying
-    to pass --pipelines, when this install has no default model."""
+    it) at DEFAULT_DIFFUSION_CALL_ARGS. Those defaults give way to whatever the user sets: a `--call-arg`
+    or `--pipeline-arg diffusion:` of the same key, or the swept knob. ValueError, saying to pass
+    --pipelines, when this install has no default model."""
     from pathlib import Path
 
     from .. import DEFAULT_DIFFUSION_MODEL
     from ..default_model import resolve_model
+    from .specs import parse_call_args, parse_sweep
 
     model = resolve_model(None, fix="pass --pipelines PATH ... (the pipeline folders to compare)")
     pipelines, own = [f"ar={model}@ar", f"jacobi={model}@jacobi"], []
     if (Path(DEFAULT_DIFFUSION_MODEL) / "model_index.json").is_file():
         pipelines.append(f"diffusion={DEFAULT_DIFFUSION_MODEL}")
-        own = [f"diffusion:{k}={v}" for k, v in DEFAULT_DIFFUSION_CALL_ARGS.items()]
+        swept = parse_sweep(sweep)
+        user = {*parse_call_args(call_args), *([swept.knob] if swept else []),
+                *(a.partition(":")[2].partition("=")[0].strip() for a in pipeline_args or []
+                  if a.partition(":")[0] == "diffusion")}
+        own = [f"diffusion:{k}={v}" for k, v in DEFAULT_DIFFUSION_CALL_ARGS.items() if k not in user]
     return pipelines, own + list(pipeline_args or [])
 
 
-def default_sizes(args: argparse.Namespace) -> None:
-    """--sizes when none were given: DEFAULT_COMPARISON_SIZES for the default comparison, else 64x64."""
+def apply_defaults(args: argparse.Namespace) -> None:
+    """With no --pipelines, the default comparison (`default_pipelines`); with no --sizes,
+    DEFAULT_COMPARISON_SIZES for the default comparison and 64x64 otherwise."""
     if args.sizes is None:
         args.sizes = list(DEFAULT_COMPARISON_SIZES if args.pipelines is None else [(64, 64)])
+    if args.pipelines is None:
+        args.pipelines, args.pipeline_arg = default_pipelines(args.pipeline_arg, args.call_arg, args.sweep)
 
 
 def check_compare_args(args: argparse.Namespace) -> None:
@@ -126,11 +136,13 @@ def check_compare_args(args: argparse.Namespace) -> None:
         parse_sweep,
     )
 
-    default_sizes(args)
-    if args.pipelines is None:
-        args.pipelines, args.pipeline_arg = default_pipelines(args.pipeline_arg)
-    apply_pipeline_args(parse_pipelines(args.pipelines), args.pipeline_arg)
-    parse_sweep(args.sweep)
+    apply_defaults(args)
+    specs = apply_pipeline_args(parse_pipelines(args.pipelines), args.pipeline_arg)
+    sweep = parse_sweep(args.sweep)
+    clash = next((s.name for s in specs if sweep is not None and sweep.knob in dict(s.call_args)), None)
+    if clash is not None:
+        raise ValueError(f"--pipeline-arg {clash}:{sweep.knob} and --sweep {sweep.knob} both set it; "
+                         "drop the --pipeline-arg")
     parse_call_args(args.call_arg)
     load_prompts(args.prompts, args.n, args.families, args.prompt_seed)
     check_output_dir(args.out)
@@ -142,9 +154,7 @@ def run_compare(args: argparse.Namespace) -> int:
     """Run the comparison in this process (or as one of the processes accelerate started)."""
     from .runner import run_comparison
 
-    default_sizes(args)
-    if args.pipelines is None:
-        args.pipelines, args.pipeline_arg = default_pipelines(args.pipeline_arg)
+    apply_defaults(args)
     results = run_comparison(args.pipelines, args.out, args.prompts, args.seeds, args.sizes, args.n, args.families,
                              args.prompt_seed, args.sweep, args.call_arg, args.clip_model, args.device, args.dtype,
                              args.warmup, progress=not args.no_progress, pipeline_args=args.pipeline_arg)
@@ -172,7 +182,7 @@ def launch_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--families", *args.families]
     for item in args.call_arg:
         cmd += ["--call-arg", item]
-    for item in args.pipeline_arg:
+    for item in args.pipeline_arg or []:
         cmd += ["--pipeline-arg", item]
     return cmd + (["--no-progress"] if args.no_progress else [])
 

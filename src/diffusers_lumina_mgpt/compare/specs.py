@@ -130,5 +130,8 @@ def apply_pipeline_args(specs: list[PipelineSpec], items: list[str] | None) -> l
         if name not in by_name:
             raise ValueError(f"--pipeline-arg {item!r}: no compared pipeline is named {name!r}; "
                              f"the names are {', '.join(by_name)} (set one with NAME=PATH in --pipelines)")
+        if rest.partition("=")[0].strip() == SCHEDULER_KNOB:
+            raise ValueError(f"--pipeline-arg {item!r}: pick our decoding scheduler in --pipelines, as "
+                             f"NAME=PATH@ar or NAME=PATH@jacobi")
         by_name[name].update(parse_call_args([rest], flag=f"--pipeline-arg {name}:"))
     return [replace(s, call_args=tuple(by_name[s.name].items())) for s in specs]
