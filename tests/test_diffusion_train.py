@@ -62,7 +62,7 @@ def test_resume_repeats_the_uninterrupted_run_exactly(smoke_run, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a different config on the same folder is refused
     shutil.rmtree(resumed / "pipeline")
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"another config \(train\.lr: 0\.\d+ -> 0\.01\)"):
         train_diffusion(load_diffusion_config(SMOKE, ["train.lr=0.01"]), resumed, progress=False)
 
 

@@ -96,7 +96,8 @@ def check_diffusion_config(config: dict[str, Any]) -> None:
     if tr["ema_decay"] is not None and not 0 < tr["ema_decay"] < 1:
         raise ValueError(f"train.ema_decay must be null (no EMA) or in (0, 1), e.g. 0.995; got {tr['ema_decay']}")
     if tr["mixed_precision"] not in ("no", "bf16", "auto"):
-        raise ValueError(f"train.mixed_precision must be 'no', bf16 or auto (quoted in YAML), got {tr['mixed_precision']!r}")
+        raise ValueError("train.mixed_precision must be 'no', bf16 or auto (write 'no' in quotes: YAML reads a "
+                         f"bare no as false), got {tr['mixed_precision']!r}")
     if not config["diffusion"]["snr_shift"] > 0:
         raise ValueError(f"diffusion.snr_shift must be positive (1 = no shift), got {config['diffusion']['snr_shift']}")
     if config["diffusion"]["prediction_type"] not in ("epsilon", "v_prediction"):
@@ -343,7 +344,7 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
     """Train (or resume) the diffusion baseline in `output_dir`; returns `DIR/pipeline`."""
     from tqdm.auto import tqdm
 
-    from .train import _resume_key
+    from .train import _resume_key, config_difference
 
     out, tr = Path(output_dir), config["train"]
     final = out / "pipeline"
@@ -354,8 +355,10 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in config.items() if k != "_config_dir"}
     saved = out / "config.json"
-    if latest_checkpoint(out) is not None and saved.is_file() and _resume_key(json.loads(saved.read_text())) != _resume_key(clean):
-        raise ValueError(f"{out} holds a run with another config; resume it with the same config, or use a new "
+    before = json.loads(saved.read_text()) if saved.is_file() else None
+    if latest_checkpoint(out) is not None and before is not None and _resume_key(before) != _resume_key(clean):
+        raise ValueError(f"{out} holds a run with another config ({config_difference(before, clean)}); "
+                         "resume it with the same config, or use a new "
                          "--output-dir (only train.checkpoint_every / keep_checkpoints / threads may change)")
     saved.write_text(json.dumps(clean, indent=1))
 

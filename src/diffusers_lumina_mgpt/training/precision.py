@@ -27,12 +27,18 @@ def cpu_has_native_bf16() -> bool:
 def native_bf16(cuda: bool) -> bool:
     import torch
 
-    return bool(torch.cuda.is_bf16_supported()) if cuda else cpu_has_native_bf16()
+    if not cuda:
+        return cpu_has_native_bf16()
+    try:  # without emulation: compute capability 8 or newer (torch counts emulated bf16 too by default)
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # an older torch, which counts only native support
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     """The precision a run uses: `setting`, or for "auto" bf16 where the hardware runs it natively and
-    "no" (fp32) elsewhere. Warns when bf16 is asked for on a CPU that would emulate it."""
+    "no" (fp32) elsewhere. Warns when bf16 is asked for on a CPU that would emulate it. "auto" is resolved
+    at every start, so a run resumed on other hardware may continue in the other precision."""
     if setting == "auto":
         return "bf16" if native_bf16(cuda) else "no"
     if setting == "bf16" and not cuda and not cpu_has_native_bf16():

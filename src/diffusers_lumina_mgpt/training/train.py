@@ -78,8 +78,8 @@ def check_config(config: dict[str, Any]) -> None:
         raise ValueError("train.prompt_dropout_tasks must be a non-empty list of task names (e.g. [t2i]) or null "
                          f"(every row whose answer is an image), got {tasks!r}")
     if tr["mixed_precision"] not in PRECISIONS:
-        raise ValueError(f"train.mixed_precision must be 'no', bf16, fp16 or auto (quoted in YAML), got "
-                         f"{tr['mixed_precision']!r}")
+        raise ValueError("train.mixed_precision must be 'no', bf16, fp16 or auto (write 'no' in quotes: YAML reads "
+                         f"a bare no as false), got {tr['mixed_precision']!r}")
     stages = config["stages"]
     if not stages:
         raise ValueError("the config has no stages; add at least one {name, size, steps, data} entry")
@@ -276,7 +276,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         if latest is not None and saved.is_file():
             before = json.loads(saved.read_text())
             if _resume_key(before) != _resume_key(clean):
-                raise ValueError(f"{run} holds a run with another config; resume it with the same config, or use a new "
+                raise ValueError(f"{run} holds a run with another config ({config_difference(before, clean)}); "
+                                 "resume it with the same config, or use a new "
                                  "--output-dir (only train.checkpoint_every / keep_checkpoints / threads / pad_to_multiple_of may change)")
         saved.write_text(json.dumps(clean, indent=1))
     # 1. base components and data (main process; the others wait for them)
@@ -404,6 +405,19 @@ def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
         c.get("train", {}).pop(key, None)
     c.get("data", {}).pop("num_proc", None)
     return c
+
+
+def config_difference(before: Any, after: Any, path: str = "") -> str:
+    """The first setting where a run's saved config and a new one differ, as `key: old -> new`."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in [*before, *(k for k in after if k not in before)]:
+            if before.get(key) != after.get(key):
+                return config_difference(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for i, (a, b) in enumerate(zip(before, after)):
+            if a != b:
+                return config_difference(a, b, f"{path}.{i}")
+    return f"{path or 'the config'}: {before!r} -> {after!r}"
 
 
 def _save(accelerator, folder: Path, config: dict[str, Any]) -> None:
