@@ -1,0 +1,58 @@
+"""The shipped diffusion baseline (`DEFAULT_DIFFUSION_MODEL`): a stock diffusers IFPipeline folder under
+40 MB that loads offline with no custom code, draws at the default comparison's sizes and settings, and
+is what `lumina-mgpt compare` sets against the AR default model."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_lumina_mgpt import DEFAULT_DIFFUSION_MODEL, DEFAULT_MODEL
+from diffusers_lumina_mgpt.compare.cli import DEFAULT_DIFFUSION_CALL_ARGS, default_pipelines
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(DEFAULT_DIFFUSION_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_baseline_is_a_small_stock_diffusers_folder():
+    folder = Path(DEFAULT_DIFFUSION_MODEL)
+    assert (folder / "README.md").is_file()
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "IFPipeline"
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 40 * 2**20
+    assert {p.name for p in folder.iterdir() if p.is_dir()} == {"unet", "text_encoder", "tokenizer", "scheduler"}
+
+
+def test_it_loads_offline_and_draws_the_comparison_sizes(pipe, monkeypatch):
+    from diffusers import IFPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert type(pipe) is IFPipeline
+    assert set(DEFAULT_DIFFUSION_CALL_ARGS) <= set(inspect.signature(pipe.__call__).parameters)
+    kwargs = {**DEFAULT_DIFFUSION_CALL_ARGS, "num_inference_steps": 4}
+    images = {}
+    for width, height in ((64, 64), (80, 48)):
+        out = pipe("an image of a red circle", height=height, width=width,
+                   generator=torch.Generator().manual_seed(0), **kwargs)
+        images[width] = np.asarray(out.images[0])
+        assert out.images[0].size == (width, height)
+    again = pipe("an image of a red circle", height=64, width=64, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert np.array_equal(np.asarray(again.images[0]), images[64])  # seeded: the comparison's images repeat
+    assert images[64].std() > 5  # a picture, not a flat field
+
+
+def test_the_default_comparison_runs_it_against_the_ar_model():
+    pipelines, own = default_pipelines()
+    assert pipelines == [f"ar={DEFAULT_MODEL}@ar", f"jacobi={DEFAULT_MODEL}@jacobi",
+                         f"diffusion={DEFAULT_DIFFUSION_MODEL}"]
+    assert own == [f"diffusion:{k}={v}" for k, v in DEFAULT_DIFFUSION_CALL_ARGS.items()]
