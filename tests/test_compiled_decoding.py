@@ -56,8 +56,14 @@ def test_static_forward_equals_eager_cached_forward(window):
     torch.testing.assert_close(logits["static"], logits["eager"], rtol=1e-5, atol=1e-5)
 
 
+# Compiling costs about a minute per case and scheduler on a 2-core CPU with a cold inductor cache, so CI runs
+# the first reference case under both schedulers; the others (the same path at other sizes) run with RUN_SLOW=1.
+CASES = [pytest.param(c, id=f"{c['height']}x{c['width']}", marks=[pytest.mark.slow] if i else [])
+         for i, c in enumerate(REFERENCE)]
+
+
 @pytest.mark.parametrize("scheduler", ["ar", "jacobi"])
-@pytest.mark.parametrize("case", REFERENCE, ids=lambda c: f"{c['height']}x{c['width']}")
+@pytest.mark.parametrize("case", CASES)
 def test_compiled_decoding_reproduces_lumina_mgpt_tokens(t2i, case, scheduler):
     """Inductor-compiled steps give Lumina-mGPT's own greedy tokens; later calls compile nothing new."""
     pipe = t2i
@@ -83,7 +89,11 @@ def test_compiled_decoding_reproduces_lumina_mgpt_tokens(t2i, case, scheduler):
         pipe.disable_compiled_decoding()
 
 
-@pytest.mark.parametrize("scheduler,backend", [("ar", "eager"), ("jacobi", "eager"), ("ar", "inductor")])
+@pytest.mark.parametrize("scheduler,backend", [
+    ("ar", "eager"), ("jacobi", "eager"),
+    # inductor adds only the compiler to the static path, which the reference-token test above compiles
+    # (96 s here with a cold inductor cache)
+    pytest.param("ar", "inductor", marks=pytest.mark.slow)])
 def test_compiled_edit_and_chat_equal_eager(pipe, scheduler, backend):
     """Editing and an image answer in chat decode through the same compiled steps, with eager's tokens
     (backend "eager": the static path without a compiler; "inductor": the frozen CPU step)."""
