@@ -131,18 +131,14 @@ def check_compare_args(args: argparse.Namespace) -> None:
     from .prompts import load_prompts
     from .specs import (
         apply_pipeline_args,
+        check_sweep_clash,
         parse_call_args,
         parse_pipelines,
         parse_sweep,
     )
 
     apply_defaults(args)
-    specs = apply_pipeline_args(parse_pipelines(args.pipelines), args.pipeline_arg)
-    sweep = parse_sweep(args.sweep)
-    clash = next((s.name for s in specs if sweep is not None and sweep.knob in dict(s.call_args)), None)
-    if clash is not None:
-        raise ValueError(f"--pipeline-arg {clash}:{sweep.knob} and --sweep {sweep.knob} both set it; "
-                         "drop the --pipeline-arg")
+    check_sweep_clash(apply_pipeline_args(parse_pipelines(args.pipelines), args.pipeline_arg), parse_sweep(args.sweep))
     parse_call_args(args.call_arg)
     load_prompts(args.prompts, args.n, args.families, args.prompt_seed)
     check_output_dir(args.out)

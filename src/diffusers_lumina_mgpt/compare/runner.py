@@ -27,6 +27,7 @@ from .specs import (
     PipelineSpec,
     Sweep,
     apply_pipeline_args,
+    check_sweep_clash,
     parse_call_args,
     parse_pipelines,
     parse_sweep,
@@ -148,9 +149,6 @@ def execute(items: list[WorkItem], infos: dict[str, PipelineInfo], prompts: list
 
 def _check_knobs(infos: list[PipelineInfo], call_args: dict[str, Any], sweep: Sweep | None) -> None:
     for info in infos:
-        if sweep is not None and sweep.knob in info.call_args:
-            raise ValueError(f"--pipeline-arg {info.name}:{sweep.knob} and --sweep {sweep.knob} both set it; "
-                             "drop the --pipeline-arg")
         bad = sorted(k for k in info.call_args if info.error is None and info.call_parameters and not info.accepts(k))
         if bad:
             raise ValueError(f"--pipeline-arg {info.name}:{bad[0]}: {info.name} ({info.class_name}) does not take "
@@ -202,6 +200,7 @@ def run_comparison(
     call_args = dict(call_args) if isinstance(call_args, dict) else parse_call_args(list(call_args or []))
     if sweep is not None and sweep.knob in call_args:
         raise ValueError(f"--call-arg {sweep.knob} and --sweep {sweep.knob} both set it; drop the --call-arg")
+    check_sweep_clash(specs, sweep)
     if sweep is not None and sweep.knob == SCHEDULER_KNOB and any(s.scheduler for s in specs):
         raise ValueError("--sweep scheduler=... and PATH@scheduler both choose the scheduler; drop the @ suffix")
     if sweep is not None and sweep.knob in ("prompt", "height", "width", "generator", "output_type"):

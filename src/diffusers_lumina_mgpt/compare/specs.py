@@ -104,6 +104,14 @@ def parse_sweep(text: str | None) -> Sweep | None:
 HARNESS_ARGS = ("prompt", "height", "width", "generator", "output_type")  # the harness sets these itself
 
 
+def check_sweep_clash(specs: list[PipelineSpec], sweep: Sweep | None) -> None:
+    """ValueError when a pipeline's own `--pipeline-arg` sets the knob the sweep varies."""
+    clash = next((s.name for s in specs if sweep is not None and sweep.knob in dict(s.call_args)), None)
+    if clash is not None:
+        raise ValueError(f"--pipeline-arg {clash}:{sweep.knob} and --sweep {sweep.knob} both set it; "
+                         "drop the --pipeline-arg")
+
+
 def parse_call_args(items: list[str] | None, flag: str = "--call-arg") -> dict[str, Any]:
     """`KEY=VALUE` strings -> call keyword arguments."""
     out: dict[str, Any] = {}

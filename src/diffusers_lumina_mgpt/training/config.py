@@ -51,16 +51,16 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
             raise ValueError(f"--set {key}: {'.'.join(parts[:i + 1])!r} is not in the config")
     last = parts[-1]
     value = yaml.safe_load(raw)
-    current = node[int(last)] if isinstance(node, list) and last.isdigit() and int(last) < len(node) else (
-        node.get(last) if isinstance(node, dict) else None)
-    if isinstance(value, bool) and isinstance(current, str):
-        value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans; a text setting keeps the word
     if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
+        slot: int | str = int(last)
     elif isinstance(node, dict) and (last in node or any(".".join(parts[:i]) in FREE_FORM for i in range(1, len(parts)))):
-        node[last] = value
+        slot = last
     else:
         raise ValueError(f"--set {key}: {last!r} is not a key of {'.'.join(parts[:-1]) or 'the config'}")
+    current = node[slot] if isinstance(node, list) else node.get(slot)
+    if isinstance(value, bool) and isinstance(current, str):
+        value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans; a text setting keeps the word
+    node[slot] = value
 
 
 def load_config(path: str | Path | None, defaults: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
