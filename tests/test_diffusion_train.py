@@ -12,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
+from diffusers_lumina_mgpt import DEFAULT_DIFFUSION_MODEL
 from diffusers_lumina_mgpt.training.checkpoints import read_metrics
 from diffusers_lumina_mgpt.training.diffusion_train import (
     BucketBatches, build_tokenizer, load_diffusion_config, load_t2i_data, train_diffusion,
@@ -184,3 +185,51 @@ def test_shifted_schedule_pooled_text_and_heads_reach_the_exported_pipeline(smok
     unet = build_unet(config)
     heads = {m.heads for m in unet.modules() if type(m).__name__ == "Attention"}
     assert heads == {config["model"]["attention_head_dim"]}
+
+
+def test_pretrained_continues_a_finished_run_and_adds_its_compute(smoke_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusers_lumina_mgpt.training.diffusion_train import build_text_encoder, build_unet, load_pretrained_weights
+
+    init = smoke_run / "pipeline"
+    vocab = len(json.loads((init / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    unet, text = build_unet(load_diffusion_config(SMOKE)), build_text_encoder(load_diffusion_config(SMOKE), vocab)
+    load_pretrained_weights(init, unet, text)
+    for part, model in (("unet/diffusion_pytorch_model.safetensors", unet), ("text_encoder/model.safetensors", text)):
+        saved = load_file(str(init / part))
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    short = ["seed=1", "train.steps=4", "train.checkpoint_every=4"]
+    out = tmp_path / "continued"
+    train_diffusion(load_diffusion_config(SMOKE, [f"model.pretrained={init}", *short]), out, progress=False)
+    assert (out / "tokenizer" / "tokenizer.json").read_text() == (init / "tokenizer" / "tokenizer.json").read_text()
+    first = json.loads((smoke_run / "compute.json").read_text())
+    compute = json.loads((out / "compute.json").read_text())
+    assert compute["pretrained"] == {"path": str(init), "train_flops": first["total_train_flops"], "images_seen": 48}
+    assert compute["total_train_flops_with_pretrained"] == first["total_train_flops"] + compute["total_train_flops"]
+    assert compute["images_seen_with_pretrained"] == 12 * 4 + 4 * 4
+    # the same 4 steps (same batches and noise) from random weights: the continued run's loss is lower
+    fresh = tmp_path / "fresh"
+    train_diffusion(load_diffusion_config(SMOKE, short), fresh, progress=False)
+    assert sum(r["loss"] for r in read_metrics(out)) < sum(r["loss"] for r in read_metrics(fresh))
+
+
+def test_pretrained_errors_name_the_fix(smoke_run, tmp_path):
+    with pytest.raises(ValueError, match="train the first stage first"):
+        load_diffusion_config(SMOKE, [f"model.pretrained={tmp_path / 'missing'}"])
+    config = load_diffusion_config(SMOKE, [f"model.pretrained={smoke_run / 'pipeline'}",
+                                           "model.block_out_channels=[16, 32, 64]"])
+    with pytest.raises(ValueError, match="does not fit this config's model section"):
+        train_diffusion(config, tmp_path / "bad", progress=False)
+
+
+def test_continue_recipe_keeps_the_first_recipes_model_and_data():
+    first = load_diffusion_config(EXAMPLES / "diffusion.yaml")
+    text = (EXAMPLES / "diffusion-continue.yaml").read_text()
+    assert "model.pretrained" in text  # its header says how to point it at the first run
+    cont = load_diffusion_config(EXAMPLES / "diffusion-continue.yaml", [f"model.pretrained={DEFAULT_DIFFUSION_MODEL}"])
+    for key in ("data", "diffusion", "sampler"):
+        assert cont[key] == first[key], key
+    assert {k: v for k, v in cont["model"].items() if k != "pretrained"} == \
+        {k: v for k, v in first["model"].items() if k != "pretrained"}
+    assert cont["seed"] != first["seed"]  # a fresh shuffle of the same records

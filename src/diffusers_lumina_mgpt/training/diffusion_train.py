@@ -53,6 +53,10 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
         "chunk_size": 500,  # records per generated chunk (shapes: sources depend on it, as in `train`)
     },
     "model": {
+        # a pipeline folder written by train-diffusion (DIR/pipeline, or a shipped copy) whose UNet, text
+        # encoder and tokenizer start this run instead of random weights (the other model keys must be the
+        # ones it was trained with); a relative path is read from the config file's folder
+        "pretrained": None,
         "sample_size": 64, "block_out_channels": [32, 64, 128], "layers_per_block": 1,
         "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
@@ -113,6 +117,14 @@ def check_diffusion_config(config: dict[str, Any]) -> None:
     for i, d in enumerate(sources):
         if not isinstance(d, dict) or "source" not in d or set(d) - {"source", "n", "seed"}:
             raise ValueError(f"data.sources[{i}] must be a mapping with source and optional n, seed; got {d!r}")
+    if model["pretrained"] is not None:
+        init = Path(resolve_path(config, str(model["pretrained"])))
+        if not (init / "unet").is_dir() or not (init / "text_encoder").is_dir() or not (init / "tokenizer").is_dir():
+            raise ValueError(f"model.pretrained {init} is not a pipeline folder written by train-diffusion (it needs unet/, "
+                             "text_encoder/ and tokenizer/; a relative path is read from the config file's folder): "
+                             "train the first stage first, e.g. lumina-mgpt train-diffusion "
+                             "examples/shapesworld/diffusion.yaml --output-dir runs/diffusion, then pass "
+                             "--set model.pretrained=$PWD/runs/diffusion/pipeline")
     f = downsample_factor(model)
     for w, h in [(model["sample_size"],) * 2, *train_buckets(config)]:
         if w % f or h % f:
@@ -366,14 +378,19 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
     buckets, pixels, captions, skipped = load_t2i_data(config)
     if skipped:
         print(f"skipped records: {skipped}", flush=True)
-    tokenizer = _run_tokenizer(out, vocabulary_texts(config, captions))
+    pretrained = config["model"]["pretrained"]
+    init = Path(resolve_path(config, str(pretrained))) if pretrained is not None else None
+    tokenizer = _run_tokenizer(out, vocabulary_texts(config, captions), init)
     ids = [_token_ids(tokenizer, c) for c in captions]
     empty_ids = _token_ids(tokenizer, [""])[0]
     batches = BucketBatches([len(c) for c in captions], int(tr["batch_size"]), int(config["seed"]))
     setup_seconds = time.perf_counter() - t_setup
 
     torch.manual_seed(int(config["seed"]))
-    model = DiffusionModel(build_unet(config), build_text_encoder(config, len(tokenizer)), tr["ema_decay"] is not None)
+    unet, text_encoder = build_unet(config), build_text_encoder(config, len(tokenizer))
+    if init is not None:
+        load_pretrained_weights(init, unet, text_encoder)
+    model = DiffusionModel(unet, text_encoder, tr["ema_decay"] is not None)
     model.train()
     optimizer = torch.optim.AdamW(model.trainable(), lr=tr["lr"], betas=tuple(tr["betas"]), weight_decay=tr["weight_decay"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(tr, s))
@@ -422,20 +439,56 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
     bar.close()
     unet, text_encoder = model.final()
     compute = compute_report(config, unet, text_encoder, buckets, batches, train_seconds, setup_seconds, precision)
+    if init is not None:
+        compute.update(pretrained_compute(init, compute))
     export_diffusion_pipeline(config, unet.eval(), text_encoder.eval(), tokenizer, final)
     (out / "compute.json").write_text(json.dumps(compute, indent=1))
     return final
 
 
-def _run_tokenizer(out: Path, texts: list[str]):
-    """The run's tokenizer: built once into DIR/tokenizer (atomically), then read back on resume."""
+def load_pretrained_weights(init: Path, unet, text_encoder) -> None:
+    """Copy the UNet and text encoder weights of the pipeline folder `init` into the freshly built models."""
+    from diffusers import UNet2DConditionModel
+    from transformers import T5EncoderModel
+
+    for name, model, cls in (("unet", unet, UNet2DConditionModel), ("text_encoder", text_encoder, T5EncoderModel)):
+        state = cls.from_pretrained(str(init / name)).state_dict()
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[1:2] or [str(err)]
+            raise ValueError(f"model.pretrained {init}: its {name} does not fit this config's model section "
+                             f"({first[0].strip()}); use the model settings it was trained with") from None
+
+
+def pretrained_compute(init: Path, own: dict[str, Any]) -> dict[str, Any]:
+    """What the starting weights cost, read from the compute.json beside the pipeline folder (DIR/compute.json
+    for DIR/pipeline) or inside it (a shipped copy), and the total with this run's."""
+    for path in (init.parent / "compute.json", init / "compute.json"):
+        if path.is_file():
+            before = json.loads(path.read_text())
+            flops = int(before.get("total_train_flops_with_pretrained") or before["total_train_flops"])
+            images = int(before.get("images_seen_with_pretrained") or before["images_seen"])
+            return {"pretrained": {"path": str(init), "train_flops": flops, "images_seen": images},
+                    "total_train_flops_with_pretrained": flops + own["total_train_flops"],
+                    "images_seen_with_pretrained": images + own["images_seen"]}
+    return {"pretrained": {"path": str(init), "train_flops": None, "images_seen": None},
+            "total_train_flops_with_pretrained": None, "images_seen_with_pretrained": None}
+
+
+def _run_tokenizer(out: Path, texts: list[str], init: Path | None = None):
+    """The run's tokenizer: built once into DIR/tokenizer (atomically), or copied from the `model.pretrained`
+    pipeline (its ids are the starting text encoder's), then read back on resume."""
     from transformers import PreTrainedTokenizerFast
 
     folder = out / "tokenizer"
     if not (folder / "tokenizer.json").is_file():
         tmp = out / ".tokenizer-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        build_tokenizer(texts).save_pretrained(str(tmp))
+        if init is not None:
+            shutil.copytree(init / "tokenizer", tmp)
+        else:
+            build_tokenizer(texts).save_pretrained(str(tmp))
         tmp.rename(folder)
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
