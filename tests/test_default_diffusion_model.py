@@ -33,6 +33,18 @@ def test_the_baseline_is_a_small_stock_diffusers_folder():
     assert {p.name for p in folder.iterdir() if p.is_dir()} == {"unet", "text_encoder", "tokenizer", "scheduler"}
 
 
+def test_its_compute_json_adds_up(pipe):
+    """compute.json beside the weights: the continuation's FLOPs per bucket, plus the first run's."""
+    compute = json.loads((Path(DEFAULT_DIFFUSION_MODEL) / "compute.json").read_text())
+    own = sum(n * compute["batch_size"] * compute["train_flops_per_image"][size]
+              for size, n in compute["steps_per_bucket"].items())
+    assert compute["total_train_flops"] == own
+    assert compute["total_train_flops_with_pretrained"] == own + compute["pretrained"]["train_flops"]
+    assert compute["images_seen_with_pretrained"] == compute["images_seen"] + compute["pretrained"]["images_seen"]
+    assert compute["unet_parameters"] == sum(p.numel() for p in pipe.unet.parameters())
+    assert compute["text_encoder_parameters"] == sum(p.numel() for p in pipe.text_encoder.parameters())
+
+
 def test_it_loads_offline_and_draws_the_comparison_sizes(pipe, monkeypatch):
     from diffusers import IFPipeline
 
