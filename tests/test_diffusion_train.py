@@ -221,6 +221,11 @@ def test_pretrained_errors_name_the_fix(smoke_run, tmp_path):
                                            "model.block_out_channels=[16, 32, 64]"])
     with pytest.raises(ValueError, match="does not fit this config's model section"):
         train_diffusion(config, tmp_path / "bad", progress=False)
+    # a missing block lists every missing key: the message keeps one short line
+    config = load_diffusion_config(SMOKE, [f"model.pretrained={smoke_run / 'pipeline'}", "model.layers_per_block=2"])
+    with pytest.raises(ValueError, match=r"does not fit this config's model section \(.*\.\.\.\)") as err:
+        train_diffusion(config, tmp_path / "bad2", progress=False)
+    assert len(str(err.value)) < 500 and "\n" not in str(err.value)
 
 
 def test_continue_recipe_keeps_the_first_recipes_model_and_data():

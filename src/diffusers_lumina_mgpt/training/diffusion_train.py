@@ -456,9 +456,10 @@ def load_pretrained_weights(init: Path, unet, text_encoder) -> None:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[1:2] or [str(err)]
+            first = (str(err).strip().splitlines()[1:2] or [str(err)])[0].strip()
+            first = first if len(first) <= 200 else first[:197] + "..."  # missing-key lists name every key
             raise ValueError(f"model.pretrained {init}: its {name} does not fit this config's model section "
-                             f"({first[0].strip()}); use the model settings it was trained with") from None
+                             f"({first}); use the model settings it was trained with") from None
 
 
 def pretrained_compute(init: Path, own: dict[str, Any]) -> dict[str, Any]:
