@@ -11,11 +11,14 @@ import pytest
 
 from diffusers_lumina_mgpt.cli import main
 from diffusers_lumina_mgpt.shapes.language import (
-    CAPTION_STYLES, FAMILIES, HELDOUT_FAMILIES, caption, make_prompt, make_question, normalize_answer, parse_caption,
+    CAPTION_STYLES, FAMILIES, HELDOUT_FAMILIES, PromptSpec, caption, make_prompt, make_question, normalize_answer,
+    parse_caption,
 )
-from diffusers_lumina_mgpt.shapes.scene import HELDOUT_COMBOS, Scene, ShapeObject, region_of, sample_scene
+from diffusers_lumina_mgpt.shapes.scene import COLORS, HELDOUT_COMBOS, Scene, ShapeObject, region_of, sample_scene
 from diffusers_lumina_mgpt.shapes.scorer import caption_holds, scene_satisfies
-from diffusers_lumina_mgpt.shapes.tasks import IMAGE, TASKS, make_records, read_records, scene_for_prompt, write_records
+from diffusers_lumina_mgpt.shapes.tasks import (
+    IMAGE, TASKS, make_family_t2i, make_records, read_records, scene_for_prompt, write_records,
+)
 
 SCENE = Scene(64, 64, "white", (
     ShapeObject("circle", "red", 4, 4, 12), ShapeObject("square", "blue", 40, 6, 14), ShapeObject("circle", "green", 6, 40, 12),
@@ -128,6 +131,25 @@ def test_every_task_record_is_well_formed_and_its_ground_truth_scores_one(task):
         assert not rec.heldout
         scores = rec.score(rec.ground_truth_outputs())
         assert all(s.passed and s.score == 1.0 for s in scores), (rec.conversations, rec.targets)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_t2i_records_state_their_family_and_their_scene_satisfies_the_prompt(family):
+    rng = np.random.default_rng(2)
+    records = [make_family_t2i(rng, "train", family) for _ in range(60)]
+    for rec in records:
+        target = rec.targets[0]
+        spec, scene = PromptSpec.from_dict(target["spec"]), Scene.from_dict(target["scene"])
+        assert rec.task == "t2i" and spec.family == family and not rec.heldout
+        assert rec.conversations[0]["value"].endswith(target["text"]) and spec.text == target["text"]
+        assert scene_satisfies(spec, scene) and rec.score(rec.ground_truth_outputs())[0].passed
+    texts = [r.targets[0]["text"] for r in records]
+    assert any(t.startswith("an image of ") for t in texts) and not all(t.startswith("an image of ") for t in texts)
+    if family == "position":  # colours named about half the time
+        named = sum(any(c in t.split() for c in COLORS) for t in texts)
+        assert 15 <= named <= 45
+    with pytest.raises(ValueError, match="unknown family"):
+        make_family_t2i(rng, "train", "positions")
 
 
 def test_edit_targets_change_exactly_what_the_instruction_says():

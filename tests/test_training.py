@@ -138,6 +138,19 @@ def test_pretokenize_labels_match_conversation_tokenizer(tiny_base, tmp_path):
     assert (labels[sup] == ids[sup]).all() and ids[-1] == vocab.eot_id and sup[-1]
 
 
+def test_shapes_source_of_one_prompt_family():
+    source = open_source("shapes:t2i:position", 4, seed=1, chunk_size=2)
+    records = source.chunk(0) + source.chunk(1)
+    assert [r.task for r in records] == ["t2i"] * 4  # prompt dropout and metrics see text-to-image rows
+    assert [r.key for r in records] == [f"shapes:t2i:position:{i}" for i in range(4)]
+    relations = ("left of", "right of", "above", "below")
+    assert all(any(r in rec.conversations[0]["value"] for r in relations) for rec in records)
+    assert records[0].conversations == open_source("shapes:t2i:position", 4, seed=1, chunk_size=2).chunk(0)[0].conversations
+    for bad in ("shapes:t2i:positions", "shapes:vqa:position"):
+        with pytest.raises(ValueError, match="shapes:t2i:FAMILY with FAMILY one of single_object"):
+            open_source(bad, 4)
+
+
 def test_pretokenize_resumes_without_duplicates(tiny_base, tmp_path):
     src = open_source("shapes:t2i", 10, seed=3, chunk_size=4)
     full = pretokenize(src, tiny_base, 64, tmp_path / "a", progress=False)
@@ -449,8 +462,12 @@ def test_example_configs_are_valid():
     default, control = (load_train_config(EXAMPLES / "shapesworld" / n) for n in ("default.yaml", "one-stage.yaml"))
     assert control["train"] == default["train"] and control["model"] == default["model"]
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
-    more = load_train_config(EXAMPLES / "shapesworld" / "default-continue.yaml", ["model.pretrained=/a/pipeline"])
-    assert more["model"]["pretrained"] == "/a/pipeline" and more["stages"][0]["size"] == 64
+    for name in ("default-continue.yaml", "default-position.yaml"):
+        more = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
+        assert more["model"]["pretrained"] == "/a/pipeline" and more["stages"][0]["size"] == 64
+        assert {k: v for k, v in more["train"].items() if k not in ("lr", "warmup")} == \
+            {k: v for k, v in default["train"].items() if k not in ("lr", "warmup")}
+    assert {"source": "shapes:t2i:position", "n": 7000, "ratio": 0.18, "seed": 3} in more["stages"][0]["data"]
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n

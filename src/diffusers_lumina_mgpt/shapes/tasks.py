@@ -4,7 +4,9 @@ A record is `{"conversations": [{"from": "human"|"gpt", "value": ...}], "image":
 in order of their `<|image|>` placeholders, plus a `shapes` entry holding the ground truth: one
 `target` per gpt turn, which `scorer.score_target` judges a model's output against.
 
-Tasks: t2i, caption, vqa, edit, multiedit, segmentation, depth, noedit (see TASKS).
+Tasks: t2i, caption, vqa, edit, multiedit, segmentation, depth, noedit (see TASKS). `make_family_t2i`
+adds text-to-image records whose prompts all come from one scored family (`t2i:FAMILY` in training
+sources), for a recipe that needs more of one family than random scenes give.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from PIL import Image
 
 from ..prompts import DEPTH_TEXT, IMAGE_PLACEHOLDER, SEGMENTATION_TEXT, TEXT_TO_IMAGE_TEMPLATE
 from .language import (
-    NOEDIT_INSTRUCTIONS, PromptSpec, caption, edit_instruction, make_question, prompt_from_scene,
+    FAMILIES, NOEDIT_INSTRUCTIONS, PROMPT_PREFIX, ObjectSpec, PromptSpec, caption, edit_instruction, make_prompt,
+    make_question, prompt_from_scene, prompt_text,
 )
 from .render import DEGRADATIONS, degrade, render_depth, render_scene, render_segmentation
 from .scene import (
@@ -140,6 +143,25 @@ def make_t2i(rng: np.random.Generator, split: str) -> TaskRecord:
     text = spec.text if spec is not None else caption(scene, rng)
     human = TEXT_TO_IMAGE_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
     target = {"kind": "prompt", "text": text, "spec": spec.to_dict() if spec else None, "scene": scene.to_dict()}
+    return TaskRecord("t2i", _turns((human, IMAGE)), [render_scene(scene)], [target], split, scene.heldout)
+
+
+def make_family_t2i(rng: np.random.Generator, split: str, family: str) -> TaskRecord:
+    """A text-to-image record whose prompt is one of `family`'s, with a scene laid out for it.
+
+    Phrased as `prompt_from_scene` phrases training prompts: colours named half the time where the family
+    leaves them free (position, two_object, single_object), and 30% without the leading "an image of"."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; use any of {', '.join(FAMILIES)}")
+    spec = make_prompt(family, rng, split)
+    scene = scene_for_prompt(spec, rng, split=split)
+    if family in ("position", "two_object", "single_object") and rng.random() < 0.5:
+        named = tuple(ObjectSpec(o.shape, o.color) for o in scene.objects)
+        spec = PromptSpec(family, prompt_text(family, named, spec.relation), named, spec.relation)
+    text = spec.text.removeprefix(PROMPT_PREFIX) if rng.random() < 0.3 else spec.text
+    human = TEXT_TO_IMAGE_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
+    spec = PromptSpec(family, text, spec.objects, spec.relation)
+    target = {"kind": "prompt", "text": text, "spec": spec.to_dict(), "scene": scene.to_dict()}
     return TaskRecord("t2i", _turns((human, IMAGE)), [render_scene(scene)], [target], split, scene.heldout)
 
 
@@ -289,5 +311,5 @@ def scene_for_prompt(spec: PromptSpec, rng: np.random.Generator, size: tuple[int
     raise ValueError(f"could not lay out {spec.text!r} in a {size} image; use a larger --size")
 
 
-__all__ = ["TASKS", "TaskRecord", "make_records", "read_records", "random_edit", "scene_for_prompt",
+__all__ = ["TASKS", "TaskRecord", "make_family_t2i", "make_records", "read_records", "random_edit", "scene_for_prompt",
            "write_records"]

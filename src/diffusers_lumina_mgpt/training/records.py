@@ -5,7 +5,9 @@ and resume chunk by chunk. A source is named by one string:
 - `path/to/records.jsonl` or `.json`: Lumina-mGPT records `{"conversations": [...], "image": [...]}`
   (image paths relative to the file's folder);
 - `path/to/folder/`: images with same-named `.txt` captions, turned into text-to-image records;
-- `shapes:TASK` (TASK one of ShapesWorld's tasks): `n` generated records, deterministic in `seed`.
+- `shapes:TASK` (TASK one of ShapesWorld's tasks): `n` generated records, deterministic in `seed`;
+  `shapes:t2i:FAMILY` (FAMILY one of the scored prompt families, e.g. `position`): text-to-image records
+  whose prompts all come from that family.
 A record that cannot be used becomes a `Skip` with its reason; nothing raises mid-run.
 """
 
@@ -85,9 +87,15 @@ def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int 
     if spec.startswith("shapes:"):
         from ..shapes.tasks import TASKS
 
+        from ..shapes.language import FAMILIES
+
         task = spec.split(":", 1)[1]
+        task, _, family = task.partition(":")
         if task not in TASKS:
             raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
+        if family and (task != "t2i" or family not in FAMILIES):
+            raise ValueError(f"{spec!r}: only text-to-image takes a prompt family, as shapes:t2i:FAMILY with FAMILY "
+                             f"one of {', '.join(FAMILIES)}")
         if not n or n < 1:
             raise ValueError(f"{spec}: give the number of records to generate (n: 1000)")
         return Source(spec, int(n), chunk_size, seed)
@@ -142,14 +150,16 @@ def _caption_record(image: Path) -> Record | Skip:
 
 
 def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Record | Skip]:
-    from ..shapes.tasks import TASKS
+    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY`); their task is the part before the colon."""
+    from ..shapes.tasks import TASKS, make_family_t2i
 
+    name, _, family = task.partition(":")
     # one generator per (seed, task, chunk): chunks are independent, so any subset can be (re)made
     rng = np.random.default_rng([seed, zlib.crc32(task.encode()), chunk])
     out: list[Record | Skip] = []
     for i in range(lo, hi):
-        rec = TASKS[task](rng, "train")
-        out.append(Record(rec.conversations, list(rec.images), task, f"shapes:{task}:{i}"))
+        rec = make_family_t2i(rng, "train", family) if family else TASKS[name](rng, "train")
+        out.append(Record(rec.conversations, list(rec.images), name, f"shapes:{task}:{i}"))
     return out
 
 
