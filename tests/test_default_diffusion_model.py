@@ -1,5 +1,5 @@
-"""The shipped diffusion baseline (`DEFAULT_DIFFUSION_MODEL`): a stock diffusers IFPipeline folder under
-40 MB that loads offline with no custom code, draws at the default comparison's sizes and settings, and
+"""The shipped diffusion baseline (`DEFAULT_DIFFUSION_MODEL`): a stock diffusers IFPipeline folder (UNet
+weights in float16) that, with the AR default model, stays under 40 MB, loads offline with no custom code, draws at the default comparison's sizes and settings, and
 is what `lumina-mgpt compare` sets against the AR default model."""
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ def test_the_baseline_is_a_small_stock_diffusers_folder():
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "IFPipeline"
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 40 * 2**20
     assert {p.name for p in folder.iterdir() if p.is_dir()} == {"unet", "text_encoder", "tokenizer", "scheduler"}
+    # the two shipped models together stay within the package's 40 MB of weights
+    both = [f for model in (DEFAULT_MODEL, DEFAULT_DIFFUSION_MODEL) for f in Path(model).rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in both) <= 40 * 2**20
+
+
+def test_its_unet_is_stored_in_float16_and_runs_in_float32(pipe):
+    from safetensors.torch import load_file
+
+    stored = load_file(Path(DEFAULT_DIFFUSION_MODEL) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    assert all(torch.equal(pipe.unet.state_dict()[k], v.float()) for k, v in stored.items())
 
 
 def test_its_compute_json_adds_up(pipe):

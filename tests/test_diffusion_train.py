@@ -15,7 +15,7 @@ from PIL import Image
 from diffusers_lumina_mgpt import DEFAULT_DIFFUSION_MODEL
 from diffusers_lumina_mgpt.training.checkpoints import read_metrics
 from diffusers_lumina_mgpt.training.diffusion_train import (
-    BucketBatches, build_tokenizer, load_diffusion_config, load_t2i_data, train_diffusion,
+    BucketBatches, build_tokenizer, export_diffusion_pipeline, load_diffusion_config, load_t2i_data, train_diffusion,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shapesworld"
@@ -151,6 +151,25 @@ def test_config_errors_are_one_line_and_name_the_fix(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "multiple of 4" in err
     sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "train-diffusion" in a.choices)
     assert "example: lumina-mgpt train-diffusion" in sub.choices["train-diffusion"].format_help()
+
+
+def test_unet_exported_in_float16_loads_back_as_float32(smoke_run, tmp_path):
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    pipe = DiffusionPipeline.from_pretrained(smoke_run / "pipeline")
+    config = load_diffusion_config(SMOKE, ["export.unet_dtype=float16"])
+    out = export_diffusion_pipeline(config, pipe.unet, pipe.text_encoder, pipe.tokenizer, tmp_path / "half")
+    assert pipe.unet.dtype == torch.float32  # the caller's model is not converted
+    stored = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert {v.dtype for v in load_file(out / "text_encoder" / "model.safetensors").values()} == {torch.float32}
+    loaded = DiffusionPipeline.from_pretrained(out)
+    assert loaded.unet.dtype == torch.float32 and loaded.text_encoder.dtype == torch.float32
+    for name, value in pipe.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], value.half().float()), name
+    with pytest.raises(ValueError, match="export.unet_dtype must be one of float32, float16, bfloat16"):
+        load_diffusion_config(SMOKE, ["export.unet_dtype=fp16"])
 
 
 def test_full_recipe_uses_the_ar_recipes_text_to_image_records():

@@ -44,6 +44,7 @@ from .precision import resolve_mixed_precision
 
 MAX_TEXT_LENGTH = 77  # IFPipeline pads every prompt to 77 tokens; training does the same
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 (T5's order)
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 DIFFUSION_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -73,6 +74,9 @@ DIFFUSION_DEFAULTS: dict[str, Any] = {
                   "snr_shift": 1.0},
     "sampler": {"algorithm_type": "dpmsolver++", "solver_order": 2, "thresholding": True,
                 "dynamic_thresholding_ratio": 0.995},
+    # dtype of the exported UNet's weights: float16 halves the folder; diffusers loads it back as float32
+    # unless torch_dtype says otherwise (training and checkpoints stay float32)
+    "export": {"unet_dtype": "float32"},
     "train": {
         "steps": 1500, "batch_size": 16, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 50, "weight_decay": 0.01,
         "betas": [0.9, 0.99], "grad_clip": 1.0, "caption_dropout": 0.1, "ema_decay": None, "mixed_precision": "no",
@@ -107,6 +111,9 @@ def check_diffusion_config(config: dict[str, Any]) -> None:
     if config["diffusion"]["prediction_type"] not in ("epsilon", "v_prediction"):
         raise ValueError(f"diffusion.prediction_type must be epsilon or v_prediction, "
                          f"got {config['diffusion']['prediction_type']!r}")
+    if config["export"]["unet_dtype"] not in EXPORT_DTYPES:
+        raise ValueError(f"export.unet_dtype must be one of {', '.join(EXPORT_DTYPES)}, "
+                         f"got {config['export']['unet_dtype']!r}")
     levels = len(model["block_out_channels"])
     if not (len(model["down_block_types"]) == len(model["up_block_types"]) == levels):
         raise ValueError(f"model.down_block_types and model.up_block_types need one entry per block_out_channels "
@@ -501,9 +508,14 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def export_diffusion_pipeline(config: dict[str, Any], unet, text_encoder, tokenizer, out: Path) -> Path:
-    """A stock diffusers `IFPipeline` folder (no safety checker or watermarker), sampling with DPM-Solver."""
+    """A stock diffusers `IFPipeline` folder (no safety checker or watermarker), sampling with DPM-Solver; the
+    UNet's weights stored in `export.unet_dtype` (the text encoder stays float32: transformers may load a
+    model in the dtype it was saved in)."""
     from diffusers import DPMSolverMultistepScheduler, IFPipeline
 
+    dtype = getattr(torch, config["export"]["unet_dtype"])
+    if unet.dtype != dtype:  # nn.Module.to: ModelMixin.to warns about fp32-only modules, which this UNet has none of
+        unet = torch.nn.Module.to(copy.deepcopy(unet), dtype)
     sampler = DPMSolverMultistepScheduler.from_config(build_noise_scheduler(config).config, **config["sampler"])
     pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=sampler, safety_checker=None,
                       feature_extractor=None, watermarker=None, requires_safety_checker=False)
