@@ -102,16 +102,16 @@ def default_pipelines(pipeline_args: list[str] | None = None, call_args: list[st
 
     from .. import DEFAULT_DIFFUSION_MODEL
     from ..default_model import resolve_model
-    from .specs import parse_call_args, parse_sweep
+    from .specs import parse_call_args, parse_sweep, split_pipeline_arg
 
     model = resolve_model(None, fix="pass --pipelines PATH ... (the pipeline folders to compare)")
     pipelines, own = [f"ar={model}@ar", f"jacobi={model}@jacobi"], []
     if (Path(DEFAULT_DIFFUSION_MODEL) / "model_index.json").is_file():
         pipelines.append(f"diffusion={DEFAULT_DIFFUSION_MODEL}")
         swept = parse_sweep(sweep)
+        ours = [split_pipeline_arg(a) for a in pipeline_args or []]
         user = {*parse_call_args(call_args), *([swept.knob] if swept else []),
-                *(a.partition(":")[2].partition("=")[0].strip() for a in pipeline_args or []
-                  if a.partition(":")[0] == "diffusion")}
+                *(key for name, key, _ in ours if name == "diffusion")}
         own = [f"diffusion:{k}={v}" for k, v in DEFAULT_DIFFUSION_CALL_ARGS.items() if k not in user]
     return pipelines, own + list(pipeline_args or [])
 

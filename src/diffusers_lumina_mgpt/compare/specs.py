@@ -126,19 +126,25 @@ def parse_call_args(items: list[str] | None, flag: str = "--call-arg") -> dict[s
     return out
 
 
+def split_pipeline_arg(item: str) -> tuple[str, str, str]:
+    """`NAME:KEY=VALUE` (`--pipeline-arg`) -> (NAME, KEY, KEY=VALUE); ValueError naming the form otherwise."""
+    name, sep, rest = item.partition(":")
+    if not sep or "=" not in rest:
+        raise ValueError(f"--pipeline-arg {item!r} must look like NAME:KEY=VALUE "
+                         "(e.g. diffusion:num_inference_steps=20)")
+    return name, rest.partition("=")[0].strip(), rest
+
+
 def apply_pipeline_args(specs: list[PipelineSpec], items: list[str] | None) -> list[PipelineSpec]:
     """`NAME:KEY=VALUE` strings (`--pipeline-arg`): call arguments for the pipeline named NAME alone,
     added to its spec (a later value for the same key wins)."""
     by_name = {s.name: dict(s.call_args) for s in specs}
     for item in items or []:
-        name, sep, rest = item.partition(":")
-        if not sep or "=" not in rest:
-            raise ValueError(f"--pipeline-arg {item!r} must look like NAME:KEY=VALUE "
-                             "(e.g. diffusion:num_inference_steps=20)")
+        name, key, rest = split_pipeline_arg(item)
         if name not in by_name:
             raise ValueError(f"--pipeline-arg {item!r}: no compared pipeline is named {name!r}; "
                              f"the names are {', '.join(by_name)} (set one with NAME=PATH in --pipelines)")
-        if rest.partition("=")[0].strip() == SCHEDULER_KNOB:
+        if key == SCHEDULER_KNOB:
             raise ValueError(f"--pipeline-arg {item!r}: pick our decoding scheduler in --pipelines, as "
                              f"NAME=PATH@ar or NAME=PATH@jacobi")
         by_name[name].update(parse_call_args([rest], flag=f"--pipeline-arg {name}:"))
