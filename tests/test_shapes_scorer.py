@@ -73,7 +73,10 @@ def test_check_spec_is_closed_world_and_checks_relations():
                       (ObjectSpec("circle"), ObjectSpec("square")), "left")
     a, b = ShapeObject("circle", "red", 2, 20, 10), ShapeObject("square", "blue", 40, 22, 10)
     assert check_spec(spec, [b, a])[0]
-    assert not check_spec(spec, [b.__class__("square", "blue", 2, 20, 10), a.__class__("circle", "red", 40, 22, 10)])[0]
+    swapped = [b.__class__("square", "blue", 2, 20, 10), a.__class__("circle", "red", 40, 22, 10)]
+    # the reason names the relation whichever order the objects were detected in
+    assert check_spec(spec, swapped) == check_spec(spec, swapped[::-1]) == (False, "relation does not hold")
+    assert check_spec(spec, [a, ShapeObject("cross", "blue", 40, 22, 10)]) == (False, "objects do not match")
     assert not check_spec(spec, [a, b, ShapeObject("cross", "red", 30, 50, 10)])[0]
     assert check_spec(PromptSpec("colors", "", (ObjectSpec("circle", "red"),)), [a])[0]
     assert not check_spec(PromptSpec("colors", "", (ObjectSpec("circle", "blue"),)), [a])[0]

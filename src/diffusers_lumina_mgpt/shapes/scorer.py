@@ -171,13 +171,12 @@ def check_spec(spec: PromptSpec, objects: tuple | list) -> tuple[bool, str]:
     def fits(o: Any, s: ObjectSpec) -> bool:
         return o.shape == s.shape and (s.color is None or o.color == s.color)
 
+    reason = "objects do not match"
     for perm in itertools.permutations(range(len(objects))):
         if all(fits(objects[p], s) for p, s in zip(perm, spec.objects)):
             if spec.relation is None or relation(objects[perm[0]], objects[perm[1]]) == spec.relation:
                 return True, "ok"
-            reason = "relation does not hold"
-        else:
-            reason = "objects do not match"
+            reason = "relation does not hold"  # the right objects in the wrong places, whatever other orders give
     return False, reason
 
 
