@@ -5,7 +5,8 @@
 
 Writes OUT/scores.json (every number), OUT/loss.png (training curves, when --run is given),
 OUT/t2i-grid.png (generated images per prompt family), OUT/tasks-grid.png (input -> answer per Omni
-task). Parts: how much the caption lowers the image loss (`conditioning`), a sampling sweep (guidance x
+task). Parts: how much the caption lowers the image loss (`conditioning`), whether the relation word of a
+position prompt does (`relations`), a sampling sweep (guidance x
 image top-k, `--parts sweep`), t2i at the default size and two other aspect ratios (`eval shapes`), every Omni task (`eval shapes --task ...`), and AR vs speculative Jacobi
 decoding (forwards per image token, score).
 """
@@ -108,6 +109,41 @@ def conditioning(pipe, n: int, seed: int) -> dict:
     return out
 
 
+def relations(pipe, n: int, seed: int) -> dict:
+    """Whether the relation word conditions the image: mean NLL (nats per image token) of ground-truth 64x64
+    position scenes after their own prompt and after the prompt with the opposite relation (left <-> right,
+    above <-> below), n scenes each for horizontal and vertical relations, and how often the own prompt
+    gives the lower NLL (0.5: the word is ignored)."""
+    from diffusers_lumina_mgpt.pipelines.chat_images import encode_images
+    from diffusers_lumina_mgpt.shapes.language import make_prompt
+    from diffusers_lumina_mgpt.shapes.render import render_scene
+    from diffusers_lumina_mgpt.shapes.tasks import scene_for_prompt
+
+    opposite = {"to the left of": "to the right of", "to the right of": "to the left of", " above ": " below ",
+                " below ": " above "}
+
+    def nll(context: torch.Tensor, block: torch.Tensor) -> float:
+        ids = torch.cat([context, block[3:]])[None]
+        logits = pipe.transformer(ids).logits[0, len(context) - 1 : -1].float()
+        return float(-torch.log_softmax(logits, -1).gather(1, ids[0, len(context):, None]).mean())
+
+    rng = np.random.default_rng(seed + 5)
+    pairs: dict[str, list[tuple[float, float]]] = {"horizontal": [], "vertical": []}
+    while min(len(v) for v in pairs.values()) < n:
+        spec = make_prompt("position", rng, "train")
+        kind = "horizontal" if spec.relation in ("left", "right") else "vertical"
+        if len(pairs[kind]) >= n:
+            continue
+        block = encode_images(pipe, render_scene(scene_for_prompt(spec, rng, size=(64, 64))))[0]
+        phrase = next(k for k in opposite if k in spec.text)
+        pairs[kind].append((nll(pipe.encode_prompt(spec.text, 64, 64), block),
+                            nll(pipe.encode_prompt(spec.text.replace(phrase, opposite[phrase]), 64, 64), block)))
+    out = {kind: {"own": float(np.mean([a for a, _ in v])), "opposite": float(np.mean([b for _, b in v])),
+                  "own_lower": float(np.mean([a < b for a, b in v])), "scenes": len(v)} for kind, v in pairs.items()}
+    print(f"relations: {out}", flush=True)
+    return out
+
+
 def sweep(model: str, n: int, seed: int, batch: int) -> list[dict]:
     """Sampling settings (guidance scale x image top-k) on a small set of prompts at 64x64."""
     from diffusers_lumina_mgpt.shapes.evaluate import evaluate_shapes
@@ -197,8 +233,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--image-top-k", type=int, help="default: the pipeline's scheduler config")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--n-relations", type=int, default=40, help="position scenes per axis for the relation part")
     parser.add_argument("--parts", nargs="+", default=["conditioning", "t2i", "tasks", "jacobi", "pictures"],
-                        choices=["conditioning", "sweep", "t2i", "tasks", "jacobi", "pictures"])
+                        choices=["conditioning", "relations", "sweep", "t2i", "tasks", "jacobi", "pictures"])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +253,10 @@ def main() -> None:
     scores["settings"] = settings
     if "conditioning" in args.parts:
         scores["conditioning"] = conditioning(pipe, args.n_conditioning, args.seed)
+        path.write_text(json.dumps(scores, indent=1))
+    if "relations" in args.parts:
+        with torch.no_grad():
+            scores["relations"] = relations(pipe, args.n_relations, args.seed)
         path.write_text(json.dumps(scores, indent=1))
     if "sweep" in args.parts:
         scores["sweep"] = sweep(args.model, args.n_sweep, args.seed, args.batch)
