@@ -85,9 +85,8 @@ class Source:
 def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int = 256) -> Source:
     """Open a source named by `spec` (see the module docstring). `n` is required for `shapes:` sources."""
     if spec.startswith("shapes:"):
-        from ..shapes.tasks import TASKS
-
         from ..shapes.language import FAMILIES
+        from ..shapes.tasks import TASKS
 
         task = spec.split(":", 1)[1]
         task, _, family = task.partition(":")
