@@ -1,6 +1,7 @@
 """The shipped diffusion baseline (`DEFAULT_DIFFUSION_MODEL`): a stock diffusers IFPipeline folder (UNet
-weights in float16) that, with the AR default model, stays under 40 MB, loads offline with no custom code, draws at the default comparison's sizes and settings, and
-is what `lumina-mgpt compare` sets against the AR default model."""
+weights in float16) that, with the AR default model, stays under 40 MB, loads offline with no custom code,
+draws at the default comparison's sizes and settings, and is what `lumina-mgpt compare` sets against the AR
+default model."""
 
 from __future__ import annotations
 

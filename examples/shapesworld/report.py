@@ -81,6 +81,15 @@ def jacobi_vs_ar(pipe, n: int, seed: int, sampling: dict) -> dict:
 
 
 @torch.no_grad()
+def image_nll(pipe, context: torch.Tensor, block: torch.Tensor) -> float:
+    """Mean NLL (nats per token) of an image block's tokens after `context`, which ends where the block's own
+    header would (the header's first 3 tokens are dropped from the block)."""
+    ids = torch.cat([context, block[3:]])[None]
+    logits = pipe.transformer(ids).logits[0, len(context) - 1 : -1].float()
+    return float(-torch.log_softmax(logits, -1).gather(1, ids[0, len(context):, None]).mean())
+
+
+@torch.no_grad()
 def conditioning(pipe, n: int, seed: int) -> dict:
     """How much the caption lowers the image tokens' loss: mean NLL (nats per image token) of ground-truth
     64x64 image blocks after their own caption, after another record's caption, and after the image
@@ -92,23 +101,19 @@ def conditioning(pipe, n: int, seed: int) -> dict:
     records = [r for r in make_records("t2i", 8 * n, seed=seed + 99) if r.images[0].size == (64, 64)][:n]
     captions = [r.conversations[0]["value"].split("prompt:\n", 1)[-1] for r in records]
 
-    def nll(context: torch.Tensor, block: torch.Tensor) -> float:
-        ids = torch.cat([context, block[3:]])[None]  # the block's own header ends the context
-        logits = pipe.transformer(ids).logits[0, len(context) - 1 : -1].float()
-        return float(-torch.log_softmax(logits, -1).gather(1, ids[0, len(context):, None]).mean())
-
     rows = {"own_caption": [], "other_caption": [], "no_caption": []}
     for i, rec in enumerate(records):
         block = encode_images(pipe, rec.images[0])[0]
-        rows["own_caption"].append(nll(pipe.encode_prompt(captions[i], 64, 64), block))
-        rows["other_caption"].append(nll(pipe.encode_prompt(captions[(i + 1) % len(captions)], 64, 64), block))
-        rows["no_caption"].append(nll(pipe.image_header(64, 64), block))
+        rows["own_caption"].append(image_nll(pipe, pipe.encode_prompt(captions[i], 64, 64), block))
+        rows["other_caption"].append(image_nll(pipe, pipe.encode_prompt(captions[(i + 1) % len(captions)], 64, 64), block))
+        rows["no_caption"].append(image_nll(pipe, pipe.image_header(64, 64), block))
     out = {k: float(np.mean(v)) for k, v in rows.items()}
     out["records"] = len(records)
     print(f"conditioning: {out}", flush=True)
     return out
 
 
+@torch.no_grad()
 def relations(pipe, n: int, seed: int) -> dict:
     """Whether the relation word conditions the image: mean NLL (nats per image token) of ground-truth 64x64
     position scenes after their own prompt and after the prompt with the opposite relation (left <-> right,
@@ -122,11 +127,6 @@ def relations(pipe, n: int, seed: int) -> dict:
     opposite = {"to the left of": "to the right of", "to the right of": "to the left of", " above ": " below ",
                 " below ": " above "}
 
-    def nll(context: torch.Tensor, block: torch.Tensor) -> float:
-        ids = torch.cat([context, block[3:]])[None]
-        logits = pipe.transformer(ids).logits[0, len(context) - 1 : -1].float()
-        return float(-torch.log_softmax(logits, -1).gather(1, ids[0, len(context):, None]).mean())
-
     rng = np.random.default_rng(seed + 5)
     pairs: dict[str, list[tuple[float, float]]] = {"horizontal": [], "vertical": []}
     while min(len(v) for v in pairs.values()) < n:
@@ -136,8 +136,8 @@ def relations(pipe, n: int, seed: int) -> dict:
             continue
         block = encode_images(pipe, render_scene(scene_for_prompt(spec, rng, size=(64, 64))))[0]
         phrase = next(k for k in opposite if k in spec.text)
-        pairs[kind].append((nll(pipe.encode_prompt(spec.text, 64, 64), block),
-                            nll(pipe.encode_prompt(spec.text.replace(phrase, opposite[phrase]), 64, 64), block)))
+        pairs[kind].append((image_nll(pipe, pipe.encode_prompt(spec.text, 64, 64), block),
+                            image_nll(pipe, pipe.encode_prompt(spec.text.replace(phrase, opposite[phrase]), 64, 64), block)))
     out = {kind: {"own": float(np.mean([a for a, _ in v])), "opposite": float(np.mean([b for _, b in v])),
                   "own_lower": float(np.mean([a < b for a, b in v])), "scenes": len(v)} for kind, v in pairs.items()}
     print(f"relations: {out}", flush=True)
@@ -255,8 +255,7 @@ def main() -> None:
         scores["conditioning"] = conditioning(pipe, args.n_conditioning, args.seed)
         path.write_text(json.dumps(scores, indent=1))
     if "relations" in args.parts:
-        with torch.no_grad():
-            scores["relations"] = relations(pipe, args.n_relations, args.seed)
+        scores["relations"] = relations(pipe, args.n_relations, args.seed)
         path.write_text(json.dumps(scores, indent=1))
     if "sweep" in args.parts:
         scores["sweep"] = sweep(args.model, args.n_sweep, args.seed, args.batch)

@@ -140,7 +140,11 @@ def _scene_target(scene: Scene, regions: dict[int, str] | None = None) -> dict[s
 def make_t2i(rng: np.random.Generator, split: str) -> TaskRecord:
     scene = sample_scene(rng, split=split)
     spec = prompt_from_scene(scene, rng) if rng.random() < 0.5 else None
-    text = spec.text if spec is not None else caption(scene, rng)
+    return _t2i_record(scene, spec.text if spec is not None else caption(scene, rng), spec, split)
+
+
+def _t2i_record(scene: Scene, text: str, spec: PromptSpec | None, split: str) -> TaskRecord:
+    """A text-to-image record: `text` asks for `scene` (a family prompt's `spec`, or None for a caption)."""
     human = TEXT_TO_IMAGE_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
     target = {"kind": "prompt", "text": text, "spec": spec.to_dict() if spec else None, "scene": scene.to_dict()}
     return TaskRecord("t2i", _turns((human, IMAGE)), [render_scene(scene)], [target], split, scene.heldout)
@@ -155,14 +159,12 @@ def make_family_t2i(rng: np.random.Generator, split: str, family: str) -> TaskRe
         raise ValueError(f"unknown family {family!r}; use any of {', '.join(FAMILIES)}")
     spec = make_prompt(family, rng, split)
     scene = scene_for_prompt(spec, rng, split=split)
+    objects = spec.objects
     if family in ("position", "two_object", "single_object") and rng.random() < 0.5:
-        named = tuple(ObjectSpec(o.shape, o.color) for o in scene.objects)
-        spec = PromptSpec(family, prompt_text(family, named, spec.relation), named, spec.relation)
-    text = spec.text.removeprefix(PROMPT_PREFIX) if rng.random() < 0.3 else spec.text
-    human = TEXT_TO_IMAGE_TEMPLATE.format(width=scene.width, height=scene.height, prompt=text)
-    spec = PromptSpec(family, text, spec.objects, spec.relation)
-    target = {"kind": "prompt", "text": text, "spec": spec.to_dict(), "scene": scene.to_dict()}
-    return TaskRecord("t2i", _turns((human, IMAGE)), [render_scene(scene)], [target], split, scene.heldout)
+        objects = tuple(ObjectSpec(o.shape, o.color) for o in scene.objects)
+    text = prompt_text(family, objects, spec.relation)
+    text = text.removeprefix(PROMPT_PREFIX) if rng.random() < 0.3 else text
+    return _t2i_record(scene, text, PromptSpec(family, text, objects, spec.relation), split)
 
 
 def make_caption(rng: np.random.Generator, split: str) -> TaskRecord:

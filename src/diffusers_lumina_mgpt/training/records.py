@@ -88,8 +88,7 @@ def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int 
         from ..shapes.language import FAMILIES
         from ..shapes.tasks import TASKS
 
-        task = spec.split(":", 1)[1]
-        task, _, family = task.partition(":")
+        task, _, family = spec.split(":", 1)[1].partition(":")
         if task not in TASKS:
             raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
         if family and (task != "t2i" or family not in FAMILIES):
