@@ -29,6 +29,7 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -387,7 +388,7 @@ def train_diffusion(config: dict[str, Any], output_dir: str | Path, progress: bo
         print(f"skipped records: {skipped}", flush=True)
     pretrained = config["model"]["pretrained"]
     init = Path(resolve_path(config, str(pretrained))) if pretrained is not None else None
-    tokenizer = _run_tokenizer(out, vocabulary_texts(config, captions), init)
+    tokenizer = _run_tokenizer(out, lambda: vocabulary_texts(config, captions), init)
     ids = [_token_ids(tokenizer, c) for c in captions]
     empty_ids = _token_ids(tokenizer, [""])[0]
     batches = BucketBatches([len(c) for c in captions], int(tr["batch_size"]), int(config["seed"]))
@@ -484,9 +485,10 @@ def pretrained_compute(init: Path, own: dict[str, Any]) -> dict[str, Any]:
             "total_train_flops_with_pretrained": None, "images_seen_with_pretrained": None}
 
 
-def _run_tokenizer(out: Path, texts: list[str], init: Path | None = None):
-    """The run's tokenizer: built once into DIR/tokenizer (atomically), or copied from the `model.pretrained`
-    pipeline (its ids are the starting text encoder's), then read back on resume."""
+def _run_tokenizer(out: Path, texts: Callable[[], list[str]], init: Path | None = None):
+    """The run's tokenizer: built once into DIR/tokenizer (atomically) from `texts()`, or copied from the
+    `model.pretrained` pipeline (its ids are the starting text encoder's), then read back on resume (neither
+    of which reads `texts`)."""
     from transformers import PreTrainedTokenizerFast
 
     folder = out / "tokenizer"
@@ -496,7 +498,7 @@ def _run_tokenizer(out: Path, texts: list[str], init: Path | None = None):
         if init is not None:
             shutil.copytree(init / "tokenizer", tmp)
         else:
-            build_tokenizer(texts).save_pretrained(str(tmp))
+            build_tokenizer(texts()).save_pretrained(str(tmp))
         tmp.rename(folder)
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
