@@ -462,12 +462,18 @@ def test_example_configs_are_valid():
     default, control = (load_train_config(EXAMPLES / "shapesworld" / n) for n in ("default.yaml", "one-stage.yaml"))
     assert control["train"] == default["train"] and control["model"] == default["model"]
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
-    for name in ("default-continue.yaml", "default-position.yaml"):
-        more = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
-        assert more["model"]["pretrained"] == "/a/pipeline" and more["stages"][0]["size"] == 64
-        assert {k: v for k, v in more["train"].items() if k not in ("lr", "warmup")} == \
+    more = {}
+    for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml"):
+        more[name] = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
+        assert more[name]["model"]["pretrained"] == "/a/pipeline" and more[name]["stages"][0]["size"] == 64
+        assert {k: v for k, v in more[name]["train"].items() if k not in ("lr", "warmup")} == \
             {k: v for k, v in default["train"].items() if k not in ("lr", "warmup")}
-    assert {"source": "shapes:t2i:position", "n": 7000, "ratio": 0.18, "seed": 3} in more["stages"][0]["data"]
+    first, second = (more[n]["stages"][0]["data"] for n in ("default-position.yaml", "default-position-2.yaml"))
+    assert {"source": "shapes:t2i:position", "n": 7000, "ratio": 0.18, "seed": 3} in first
+    assert {"source": "shapes:t2i:position", "n": 7000, "ratio": 0.30, "seed": 3} in second
+    # the second position stage trains on the first one's records, in new proportions
+    assert [(d["source"], d["n"], d["seed"]) for d in first] == [(d["source"], d["n"], d["seed"]) for d in second]
+    assert abs(sum(d["ratio"] for d in second) - 1.0) < 1e-9
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n
