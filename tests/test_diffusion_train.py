@@ -110,6 +110,20 @@ def test_word_level_tokenizer_round_trip(tmp_path):
     assert len(padded) == 77 and padded[:4] == [vocab["a"], vocab["red"], vocab["circle"], 1] and set(padded[4:]) == {0}
 
 
+def test_run_tokenizer_reads_the_texts_only_when_it_builds_one(tmp_path):
+    from diffusers_lumina_mgpt.training.diffusion_train import _run_tokenizer
+
+    def no_texts() -> list[str]:
+        raise AssertionError("the texts were read for a tokenizer that is copied or read back")
+
+    init = tmp_path / "pretrained"
+    build_tokenizer(["a red circle"]).save_pretrained(str(init / "tokenizer"))
+    copied = _run_tokenizer(tmp_path / "a", no_texts, init)  # copied from model.pretrained
+    assert copied.get_vocab() == _run_tokenizer(tmp_path / "a", no_texts).get_vocab()  # read back on resume
+    built = _run_tokenizer(tmp_path / "b", lambda: ["two blue squares"])
+    assert "squares" in built.get_vocab() and "squares" not in copied.get_vocab()
+
+
 def test_bucket_batches_are_a_function_of_step_and_cover_each_epoch():
     counts = [10, 3, 7]
     a, b = BucketBatches(counts, 3, seed=1), BucketBatches(counts, 3, seed=1)
