@@ -249,8 +249,11 @@ def main() -> None:
     scores = json.loads(path.read_text()) if path.is_file() else {}
     top_k = args.image_top_k if args.image_top_k is not None else pipe.scheduler.config.image_top_k
     sampling = {"guidance_scale": args.guidance, "image_top_k": top_k}
-    settings = {"n": args.n, "n_tasks": args.n_tasks, "seed": args.seed, **sampling, "threads": torch.get_num_threads()}
-    scores["settings"] = settings
+    # merged with the settings of parts run earlier into the same OUT, recording the sizes only of the parts run now
+    size_arg = {"conditioning": "n_conditioning", "relations": "n_relations", "sweep": "n_sweep", "t2i": "n",
+                "tasks": "n_tasks", "jacobi": "n_jacobi"}
+    scores["settings"] = {**scores.get("settings", {}), "seed": args.seed, **sampling, "threads": torch.get_num_threads(),
+                          **{size_arg[p]: getattr(args, size_arg[p]) for p in args.parts if p in size_arg}}
     if "conditioning" in args.parts:
         scores["conditioning"] = conditioning(pipe, args.n_conditioning, args.seed)
         path.write_text(json.dumps(scores, indent=1))
