@@ -38,6 +38,20 @@ def test_every_task_is_replayed_and_scored(edit_pipe):
     assert result["noedit"]["psnr_vq_round_trip"] > 0 and result["noedit"]["psnr_regenerated"] > 0
 
 
+def test_vqa_and_edits_are_also_scored_by_kind(edit_pipe):
+    """VQA by question kind and edits by edit kind: the kinds of the records replayed, their turns adding up to
+    all turns and their pass rates averaging, weighted, to the overall rate."""
+    result = evaluate_tasks(edit_pipe, ["vqa", "multiedit"], n=3, progress=False)
+    for task, key in (("vqa", "question_kind"), ("multiedit", "edit_kind")):
+        row = result[task]
+        kinds = [t[key] for r in make_records(task, 3, seed=7919) for t in r.targets]
+        by_kind = row["pass_rate_by_kind"]
+        assert {k: v["turns"] for k, v in by_kind.items()} == {k: kinds.count(k) for k in set(kinds)}
+        assert sum(v["turns"] * v["pass_rate"] for v in by_kind.values()) == pytest.approx(
+            row["turn_pass_rate"] * row["turns"])
+    assert set(result["multiedit"]["pass_rate_by_kind"]) <= {"recolor", "remove", "add", "move"}
+
+
 def test_eval_task_cli(tiny_pipe_dir, tmp_path):
     from diffusers_lumina_mgpt.cli import main
 

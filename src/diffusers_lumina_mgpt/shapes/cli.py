@@ -225,6 +225,8 @@ def _eval_task(args: argparse.Namespace) -> int:
     row = result[args.task]
     print(f"ShapesWorld {args.task} scores of {args.model} ({args.n} records, seed {args.seed}, guidance {guidance})")
     for key, value in row.items():
+        if key == "pass_rate_by_kind":
+            value = ", ".join(f"{k} {v['pass_rate']:.3f} of {v['turns']}" for k, v in value.items())
         print(f"  {key:20s} {value if not isinstance(value, float) else f'{value:.3f}'}")
     _write_json(args.json, {"model": str(args.model), "task": args.task, "n": args.n, "seed": args.seed,
                             "guidance_scale": guidance, "image_top_k": args.image_top_k, **row})

@@ -67,13 +67,14 @@ def evaluate_tasks(pipe: Any, tasks: Iterable[str], n: int, seed: int = 0, guida
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
         records = make_records(task, n, seed=seed + 7919, split=split)  # not the training stream's seeds
-        turns, passed, scores, records_ok, psnr_model, psnr_vq = [], [], [], [], [], []
+        turns, passed, scores, records_ok, psnr_model, psnr_vq, kinds = [], [], [], [], [], [], []
         for k, rec in enumerate(tqdm(records, desc=f"eval {task}", disable=not progress)):
             outputs = replay(pipe, rec, seed + k, guidance_scale, image_top_k)
             judged = rec.score(outputs)
             passed += [s.passed for s in judged]
             scores += [s.score for s in judged]
             turns += list(range(1, len(judged) + 1))
+            kinds += [t.get("question_kind", t.get("edit_kind")) for t in rec.targets]
             records_ok.append(all(s.passed for s in judged))
             if image_dir is not None:
                 _save(image_dir, task, k, rec, outputs)
@@ -89,6 +90,9 @@ def evaluate_tasks(pipe: Any, tasks: Iterable[str], n: int, seed: int = 0, guida
         if task == "multiedit":
             row["pass_rate_by_turn"] = {str(t): float(np.mean([p for p, tt in zip(passed, turns) if tt == t]))
                                         for t in sorted(set(turns))}
+        if any(k is not None for k in kinds):  # VQA by question kind, edits by edit kind
+            row["pass_rate_by_kind"] = {k: {"turns": kinds.count(k), "pass_rate": float(np.mean(
+                [p for p, kk in zip(passed, kinds) if kk == k]))} for k in sorted(set(kinds))}
         if task == "noedit":
             row["psnr_regenerated"] = float(np.mean(psnr_model))
             row["psnr_vq_round_trip"] = float(np.mean(psnr_vq))

@@ -197,10 +197,10 @@ def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str) -
             edit = random_edit(current, rng, split, regions)
             if edit is None:
                 break
-            _, text, current, regions = edit
+            kind, text, current, regions = edit
             pairs.append((f"{text} {IMAGE}" if turn == 0 else text, IMAGE))
             images.append(render_scene(current))
-            targets.append(_scene_target(current, regions))
+            targets.append({**_scene_target(current, regions), "edit_kind": kind})
         if len(pairs) == n_edits:
             heldout = scene.heldout or any(Scene.from_dict(t["scene"]).heldout for t in targets)
             return TaskRecord(task, _turns(*pairs), images, targets, split, heldout,
