@@ -234,6 +234,49 @@ def test_prompt_dropout_can_be_limited_to_some_tasks(tiny_base, tmp_path):
         load_train_config(path, ["train.prompt_dropout_tasks=t2i"])
 
 
+def test_loss_weight_weighs_each_token_of_a_source(tiny_base, tmp_path):
+    from diffusers_lumina_mgpt.transformer import causal_lm_loss
+
+    # the loss: a weighted mean over supervised tokens, each row's tokens weighted by its row weight
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 6, 11), torch.randint(0, 11, (3, 6))
+    labels[0, :3] = IGNORE_INDEX
+    weights = torch.tensor([1.0, 4.0, 0.5])
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="none").view(3, 5)
+    mask = (labels[:, 1:] != IGNORE_INDEX).float() * weights[:, None]
+    assert causal_lm_loss(logits, labels, row_weights=weights) == pytest.approx(float((ce * mask).sum() / mask.sum()))
+    assert causal_lm_loss(logits, labels, row_weights=torch.ones(3)) == pytest.approx(float(causal_lm_loss(logits, labels)))
+    # a batch's rows carry their source's weight, and its supervised count is weighted alike
+    for task in ("t2i", "vqa"):
+        pretokenize(open_source(f"shapes:{task}", 8, seed=0), tiny_base, 64, tmp_path / task, progress=False)
+    datasets = [PretokenizedDataset(tmp_path / t) for t in ("t2i", "vqa")]
+    plain, weighted = (MixtureBatches(datasets, [0.5, 0.5], 8, seed=0, stage=0, prompt_dropout=0.5, boi_id=4, eoi_id=5,
+                                      loss_weights=w) for w in (None, [1.0, 3.0]))
+    rows = weighted.global_batch(2)
+    assert {(r.task, r.weight) for r in rows} == {("t2i", 1.0), ("vqa", 3.0)} and not plain.weighted and weighted.weighted
+    count = lambda r: int((r.labels[1:] != IGNORE_INDEX).sum())  # noqa: E731
+    assert weighted.micro_batches(2, 4, 0, 1)[1] == sum(r.weight * count(r) for r in rows)
+    assert plain.micro_batches(2, 4, 0, 1)[1] == sum(count(r) for r in rows)
+    with pytest.raises(ValueError, match="one positive number per dataset"):
+        MixtureBatches(datasets, [0.5, 0.5], 8, 0, 0, 0.0, 4, 5, loss_weights=[1.0, 0.0])
+    # the config names a bad weight; the trainer's loss is a weighted mean: the same for a uniform weight of 2,
+    # another for unequal weights
+    from diffusers_lumina_mgpt.training.train import train
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_base, checkpoint_every=1000)
+    with pytest.raises(ValueError, match=r"stages\[0\].data\[1\].loss_weight must be a positive number"):
+        load_train_config(cfg, ["stages.0.data.1.loss_weight=0"])
+    curves = {}
+    for name, w in (("one", None), ("two", (2, 2)), ("vqa", (1, 8))):
+        sets = [] if w is None else [f"stages.0.data.{k}.loss_weight={v}" for k, v in enumerate(w)]
+        config = load_train_config(cfg, [*sets, "stages.0.steps=3"])
+        config["stages"] = config["stages"][:1]  # the stage that mixes text-to-image and VQA
+        train(config, tmp_path / name, progress=False)
+        curves[name] = losses(tmp_path / name)
+    assert curves["two"] == pytest.approx(curves["one"], rel=1e-4) and curves["vqa"] != pytest.approx(curves["one"], rel=1e-3)
+
+
 def test_learning_rate_schedule_per_stage():
     cfg = {"train": {"lr": 1.0, "warmup": 2, "min_lr_ratio": 0.1},
            "stages": [{"steps": 10}, {"steps": 10, "lr": 0.5}]}
@@ -463,7 +506,7 @@ def test_example_configs_are_valid():
     assert control["train"] == default["train"] and control["model"] == default["model"]
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
     more = {}
-    for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml"):
+    for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml", "default-balance.yaml"):
         more[name] = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
         assert more[name]["model"]["pretrained"] == "/a/pipeline" and more[name]["stages"][0]["size"] == 64
         assert {k: v for k, v in more[name]["train"].items() if k not in ("lr", "warmup")} == \
@@ -474,6 +517,13 @@ def test_example_configs_are_valid():
     # the second position stage trains on the first one's records, in new proportions
     assert [(d["source"], d["n"], d["seed"]) for d in first] == [(d["source"], d["n"], d["seed"]) for d in second]
     assert abs(sum(d["ratio"] for d in second) - 1.0) < 1e-9
+    # the balancing stage keeps those records except fresh questions and edits (seed 4), more of them
+    third = {d["source"]: d for d in more["default-balance.yaml"]["stages"][0]["data"]}
+    fresh = {"shapes:vqa", "shapes:edit", "shapes:multiedit"}
+    assert set(third) == {d["source"] for d in second} and abs(sum(d["ratio"] for d in third.values()) - 1.0) < 1e-9
+    assert all((d["n"], d["seed"]) == (third[d["source"]]["n"], third[d["source"]]["seed"])
+               for d in second if d["source"] not in fresh)
+    assert all(third[s]["seed"] == 4 and third[s]["ratio"] > d["ratio"] for d in second for s in fresh if d["source"] == s)
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n

@@ -473,21 +473,25 @@ def _attention_backends(device: torch.device, cached: bool):
 
 
 def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 0.0, reduction: str = "mean"
+    logits: torch.Tensor, labels: torch.Tensor, z_loss_weight: float = 0.0, reduction: str = "mean",
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean (or, with reduction="sum", sum) over supervised positions (labels != -100, shifted by one)
-    of CE + z_loss_weight * logsumexp^2. Training sums and divides by the global batch's supervised
+    of CE + z_loss_weight * logsumexp^2, each row's positions weighted by `row_weights` (B,) if given (the
+    mean is then the weighted mean). Training sums and divides by the global batch's (weighted) supervised
     count, so gradient accumulation and several processes weigh every token alike."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     shift_logits = logits[:, :-1].float()  # (B, T-1, V)
     shift_labels = labels[:, 1:].to(logits.device)
-    supervised = shift_labels != IGNORE_INDEX
+    supervised = (shift_labels != IGNORE_INDEX).float()
+    if row_weights is not None:
+        supervised = supervised * row_weights.to(supervised.device, torch.float32)[:, None]
     count = supervised.sum().clamp(min=1) if reduction == "mean" else 1
     ce = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    loss = ce / count
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view_as(supervised)
+    loss = (ce * supervised).sum() / count
     if z_loss_weight:
         lse = torch.logsumexp(shift_logits, dim=-1)  # (B, T-1)
         loss = loss + z_loss_weight * (lse.pow(2) * supervised).sum() / count

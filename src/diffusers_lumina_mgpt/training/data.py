@@ -103,6 +103,7 @@ class Row:
     ids: np.ndarray
     labels: np.ndarray
     task: str = ""
+    weight: float = 1.0  # its source's loss_weight: each supervised token counts this many times
 
 
 class MixtureBatches:
@@ -110,8 +111,12 @@ class MixtureBatches:
 
     def __init__(self, datasets: list[PretokenizedDataset], ratios: list[float], batch_size: int, seed: int,
                  stage: int, prompt_dropout: float, boi_id: int, eoi_id: int,
-                 dropout_tasks: list[str] | None = None):
+                 dropout_tasks: list[str] | None = None, loss_weights: list[float] | None = None):
         self.datasets = datasets
+        self.loss_weights = [1.0] * len(datasets) if loss_weights is None else [float(w) for w in loss_weights]
+        if len(self.loss_weights) != len(datasets) or any(not w > 0 for w in self.loss_weights):
+            raise ValueError(f"loss_weights must hold one positive number per dataset, got {loss_weights!r}")
+        self.weighted = any(w != 1.0 for w in self.loss_weights)
         self.counts = mixture_counts(ratios, batch_size)
         self.seed, self.stage = seed, stage
         self.prompt_dropout = prompt_dropout
@@ -137,7 +142,7 @@ class MixtureBatches:
             for k in range(step * count, (step + 1) * count):
                 epoch, pos = divmod(k, len(ds))
                 i = int(self._perm(d, epoch)[pos])
-                rows.append(Row(*ds.row(i), ds.tasks[i]))
+                rows.append(Row(*ds.row(i), ds.tasks[i], self.loss_weights[d]))
         rng = np.random.default_rng([self.seed, self.stage, 1_000_003, step])
         drop = rng.random(len(rows)) < self.prompt_dropout
         if self.dropout_tasks is not None:
@@ -156,17 +161,18 @@ class MixtureBatches:
         eoi = np.flatnonzero(row.ids[start:] == self.eoi_id)
         end = start + int(eoi[0]) + 1 if len(eoi) else len(row.ids)
         ids = row.ids[start:end]
-        return Row(ids, ids.copy(), row.task)
+        return Row(ids, ids.copy(), row.task, row.weight)
 
-    def micro_batches(self, step: int, micro_batch_size: int, rank: int, world: int) -> tuple[list[list[Row]], int]:
-        """This process's micro-batches of the step, and the supervised-token count of the whole global batch."""
+    def micro_batches(self, step: int, micro_batch_size: int, rank: int, world: int) -> tuple[list[list[Row]], float]:
+        """This process's micro-batches of the step, and the supervised-token count of the whole global batch
+        (each token counted its row's `weight` times: the loss is the weighted mean over tokens)."""
         rows = self.global_batch(step)
         chunks = [rows[i:i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
         if len(chunks) % world:
             raise ValueError(f"a global batch of {len(rows)} rows makes {len(chunks)} micro-batches of "
                              f"{micro_batch_size}, which {world} processes cannot share; make batch_size a "
                              f"multiple of micro_batch_size * num_processes")
-        supervised = sum(int((r.labels[1:] != IGNORE_INDEX).sum()) for r in rows)
+        supervised = sum(r.weight * int((r.labels[1:] != IGNORE_INDEX).sum()) for r in rows)
         return chunks[rank::world], supervised
 
 

@@ -52,7 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "gradient_checkpointing": False, "prompt_dropout": 0.1, "prompt_dropout_tasks": None, "checkpoint_every": 200,
         "keep_checkpoints": 2, "threads": None, "pad_to_multiple_of": 64,
     },
-    "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?}]}]
+    "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?, loss_weight?}]}]
 }
 
 
@@ -101,9 +101,14 @@ def check_config(config: dict[str, Any]) -> None:
         for j, d in enumerate(st["data"]):
             if "source" not in d:
                 raise ValueError(f"stages[{i}].data[{j}] needs a 'source' (file, folder or shapes:TASK)")
-            unknown = set(d) - {"source", "n", "ratio", "seed"}
+            unknown = set(d) - {"source", "n", "ratio", "seed", "loss_weight"}
             if unknown:
-                raise ValueError(f"stages[{i}].data[{j}] has unknown keys {sorted(unknown)}; use source, n, ratio, seed")
+                raise ValueError(f"stages[{i}].data[{j}] has unknown keys {sorted(unknown)}; use source, n, ratio, seed, "
+                                 "loss_weight")
+            weight = d.get("loss_weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise ValueError(f"stages[{i}].data[{j}].loss_weight must be a positive number (1: every supervised "
+                                 f"token counts once), got {weight!r}")
     model = config["model"]
     if bool(model["pretrained"]) == bool(model["new"]):
         raise ValueError("set exactly one of model.pretrained (a pipeline folder) and model.new (a size spec)")
@@ -331,7 +336,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         datasets = [PretokenizedDataset(run / "data" / st["name"] / f"{k}") for k in range(len(st["data"]))]
         batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in st["data"]], int(tr["batch_size"]),
                                  int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
-                                 dropout_tasks=tr["prompt_dropout_tasks"])
+                                 dropout_tasks=tr["prompt_dropout_tasks"],
+                                 loss_weights=[float(d.get("loss_weight", 1.0)) for d in st["data"]])
         if main and tr["prompt_dropout"] > 0 and not batches.can_drop:
             print(f"[{st['name']}] no prompt is dropped in this stage: no row's task is in train.prompt_dropout_tasks "
                   f"{tr['prompt_dropout_tasks']} (its tasks: {sorted({t for ds in datasets for t in ds.tasks})})",
@@ -348,7 +354,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     logits = model(ids).logits
-                    part = causal_lm_loss(logits, labels, z_weight, reduction="sum")
+                    weights = torch.tensor([r.weight for r in rows]) if batches.weighted else None
+                    part = causal_lm_loss(logits, labels, z_weight, reduction="sum", row_weights=weights)
                     accelerator.backward(part * world / supervised)
                 loss_sum += part.detach()
                 tokens += sum(len(r.ids) for r in rows)
