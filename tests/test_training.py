@@ -524,6 +524,7 @@ def test_example_configs_are_valid():
     assert all((d["n"], d["seed"]) == (third[d["source"]]["n"], third[d["source"]]["seed"])
                for d in second if d["source"] not in fresh)
     assert all(third[s]["seed"] == 4 and third[s]["ratio"] > d["ratio"] for d in second for s in fresh if d["source"] == s)
+    assert {s: d.get("loss_weight", 1) for s, d in third.items() if d.get("loss_weight", 1) != 1} == {"shapes:vqa": 6}
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n
