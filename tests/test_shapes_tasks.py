@@ -201,3 +201,20 @@ def test_user_errors(tmp_path, capsys):
         read_records(tmp_path / "missing.jsonl")
     assert main(["shapes", "make", "--task", "t2i", "--n", "0", "--out", str(tmp_path)]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_vqa_records_of_one_question_kind():
+    """`make_vqa(rng, split, kind)`: every question of that kind, on a scene that fits it, none asked twice,
+    and the ground truth answers them right; a kind that does not exist is refused."""
+    from diffusers_lumina_mgpt.shapes.language import QUESTION_KINDS
+    from diffusers_lumina_mgpt.shapes.tasks import make_vqa
+
+    rng = np.random.default_rng(0)
+    for kind in QUESTION_KINDS:
+        for _ in range(10):
+            rec = make_vqa(rng, "train", kind)
+            questions = [t["value"] for t in rec.conversations[::2]]
+            assert {t["question_kind"] for t in rec.targets} == {kind} and len(set(questions)) == len(questions)
+            assert all(s.passed for s in rec.score([t["answer"] for t in rec.targets]))
+    with pytest.raises(ValueError, match="unknown question kind 'exist'"):
+        make_vqa(rng, "train", "exist")

@@ -146,9 +146,15 @@ def test_shapes_source_of_one_prompt_family():
     relations = ("left of", "right of", "above", "below")
     assert all(any(r in rec.conversations[0]["value"] for r in relations) for rec in records)
     assert records[0].conversations == open_source("shapes:t2i:position", 4, seed=1, chunk_size=2).chunk(0)[0].conversations
-    for bad in ("shapes:t2i:positions", "shapes:vqa:position"):
-        with pytest.raises(ValueError, match="shapes:t2i:FAMILY with FAMILY one of single_object"):
+    for bad in ("shapes:t2i:positions", "shapes:caption:position", "shapes:vqa:exist"):
+        with pytest.raises(ValueError, match="shapes:t2i:FAMILY with FAMILY one of single_object.*shapes:vqa:KIND"):
             open_source(bad, 4)
+    # VQA records of one question kind
+    source = open_source("shapes:vqa:exists", 6, seed=1, chunk_size=3)
+    records = source.chunk(0) + source.chunk(1)
+    assert [r.task for r in records] == ["vqa"] * 6
+    questions = [t["value"] for r in records for t in r.conversations[::2]]
+    assert len(questions) > 6 and all(q.startswith("Is there ") for q in questions)
 
 
 def test_pretokenize_resumes_without_duplicates(tiny_base, tmp_path):

@@ -264,15 +264,23 @@ def normalize_answer(text: str) -> str:
 QUESTION_KINDS = ("count_all", "count_shape", "count_color", "color", "shape", "background", "position", "exists")
 
 
+def question_kinds(scene: Scene) -> list[str]:
+    """The question kinds that fit `scene`: a colour question needs a shape seen once, a shape question a
+    colour seen once, a position question two objects in a clear relation."""
+    shape_counts = Counter(o.shape for o in scene.objects)
+    color_counts = Counter(o.color for o in scene.objects)
+    return [k for k in QUESTION_KINDS if not (
+        (k == "color" and 1 not in shape_counts.values()) or (k == "shape" and 1 not in color_counts.values())
+        or (k == "position" and not _clear_pairs(scene)))]
+
+
 def make_question(scene: Scene, rng: np.random.Generator, kind: str | None = None) -> tuple[str, str, str]:
     """(question, exact answer, kind) about the scene; kinds that do not fit the scene are skipped."""
     objs = scene.objects
     shape_counts = Counter(o.shape for o in objs)
     color_counts = Counter(o.color for o in objs)
     pairs = _clear_pairs(scene)
-    kinds = [k for k in QUESTION_KINDS if not (
-        (k == "color" and 1 not in shape_counts.values()) or (k == "shape" and 1 not in color_counts.values())
-        or (k == "position" and not pairs))]
+    kinds = question_kinds(scene)
     if kind is not None and kind not in kinds:
         raise ValueError(f"question kind {kind!r} does not fit this scene; possible: {kinds}")
     kind = kind or kinds[int(rng.integers(len(kinds)))]

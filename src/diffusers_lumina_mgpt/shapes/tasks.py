@@ -22,8 +22,8 @@ from PIL import Image
 
 from ..prompts import DEPTH_TEXT, IMAGE_PLACEHOLDER, SEGMENTATION_TEXT, TEXT_TO_IMAGE_TEMPLATE
 from .language import (
-    FAMILIES, NOEDIT_INSTRUCTIONS, PROMPT_PREFIX, ObjectSpec, PromptSpec, caption, edit_instruction, make_prompt,
-    make_question, prompt_from_scene, prompt_text,
+    FAMILIES, NOEDIT_INSTRUCTIONS, PROMPT_PREFIX, QUESTION_KINDS, ObjectSpec, PromptSpec, caption, edit_instruction,
+    make_prompt, make_question, prompt_from_scene, prompt_text, question_kinds,
 )
 from .render import DEGRADATIONS, degrade, render_depth, render_scene, render_segmentation
 from .scene import (
@@ -175,17 +175,26 @@ def make_caption(rng: np.random.Generator, split: str) -> TaskRecord:
                       split, scene.heldout)
 
 
-def make_vqa(rng: np.random.Generator, split: str) -> TaskRecord:
+def make_vqa(rng: np.random.Generator, split: str, kind: str | None = None) -> TaskRecord:
+    """One to three questions about a scene; with `kind` (one of QUESTION_KINDS), questions of that kind only,
+    on a scene that fits it, and no question asked twice."""
+    if kind is not None and kind not in QUESTION_KINDS:
+        raise ValueError(f"unknown question kind {kind!r}; use one of {', '.join(QUESTION_KINDS)}")
     scene = sample_scene(rng, split=split)
+    while kind is not None and kind not in question_kinds(scene):
+        scene = sample_scene(rng, split=split)
     pairs, targets, asked = [], [], set()
     for turn in range(int(rng.integers(1, 4))):
         for _ in range(10):  # avoid repeating a question
-            question, answer, kind = make_question(scene, rng)
+            question, answer, asked_kind = make_question(scene, rng, kind)
             if question not in asked:
                 break
+        if kind is not None and question in asked:
+            break  # this scene has no other question of that kind (the background's colour: one)
+        kind_of_turn = asked_kind
         asked.add(question)
         pairs.append((f"{question} {IMAGE}" if turn == 0 else question, answer))
-        targets.append({"kind": "answer", "answer": answer, "question_kind": kind})
+        targets.append({"kind": "answer", "answer": answer, "question_kind": kind_of_turn})
     return TaskRecord("vqa", _turns(*pairs), [render_scene(scene)], targets, split, scene.heldout)
 
 

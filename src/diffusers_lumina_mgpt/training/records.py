@@ -7,7 +7,8 @@ and resume chunk by chunk. A source is named by one string:
 - `path/to/folder/`: images with same-named `.txt` captions, turned into text-to-image records;
 - `shapes:TASK` (TASK one of ShapesWorld's tasks): `n` generated records, deterministic in `seed`;
   `shapes:t2i:FAMILY` (FAMILY one of the scored prompt families, e.g. `position`): text-to-image records
-  whose prompts all come from that family.
+  whose prompts all come from that family; `shapes:vqa:KIND` (KIND one of the question kinds, e.g.
+  `exists`): VQA records whose questions are all of that kind.
 A record that cannot be used becomes a `Skip` with its reason; nothing raises mid-run.
 """
 
@@ -85,15 +86,15 @@ class Source:
 def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int = 256) -> Source:
     """Open a source named by `spec` (see the module docstring). `n` is required for `shapes:` sources."""
     if spec.startswith("shapes:"):
-        from ..shapes.language import FAMILIES
+        from ..shapes.language import FAMILIES, QUESTION_KINDS
         from ..shapes.tasks import TASKS
 
-        task, _, family = spec.split(":", 1)[1].partition(":")
+        task, _, subset = spec.split(":", 1)[1].partition(":")
         if task not in TASKS:
             raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
-        if family and (task != "t2i" or family not in FAMILIES):
-            raise ValueError(f"{spec!r}: only text-to-image takes a prompt family, as shapes:t2i:FAMILY with FAMILY "
-                             f"one of {', '.join(FAMILIES)}")
+        if subset and not ((task == "t2i" and subset in FAMILIES) or (task == "vqa" and subset in QUESTION_KINDS)):
+            raise ValueError(f"{spec!r}: only text-to-image and VQA take a subset, as shapes:t2i:FAMILY with FAMILY one "
+                             f"of {', '.join(FAMILIES)}, or shapes:vqa:KIND with KIND one of {', '.join(QUESTION_KINDS)}")
         if not n or n < 1:
             raise ValueError(f"{spec}: give the number of records to generate (n: 1000)")
         return Source(spec, int(n), chunk_size, seed)
@@ -148,15 +149,19 @@ def _caption_record(image: Path) -> Record | Skip:
 
 
 def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Record | Skip]:
-    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY`); their task is the part before the colon."""
-    from ..shapes.tasks import TASKS, make_family_t2i
+    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY` or `vqa:KIND`); their task is the part before
+    the colon."""
+    from ..shapes.tasks import TASKS, make_family_t2i, make_vqa
 
-    name, _, family = task.partition(":")
+    name, _, subset = task.partition(":")
     # one generator per (seed, task, chunk): chunks are independent, so any subset can be (re)made
     rng = np.random.default_rng([seed, zlib.crc32(task.encode()), chunk])
     out: list[Record | Skip] = []
     for i in range(lo, hi):
-        rec = make_family_t2i(rng, "train", family) if family else TASKS[name](rng, "train")
+        if not subset:
+            rec = TASKS[name](rng, "train")
+        else:
+            rec = make_family_t2i(rng, "train", subset) if name == "t2i" else make_vqa(rng, "train", subset)
         out.append(Record(rec.conversations, list(rec.images), name, f"shapes:{task}:{i}"))
     return out
 
