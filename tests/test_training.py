@@ -512,7 +512,8 @@ def test_example_configs_are_valid():
     assert control["train"] == default["train"] and control["model"] == default["model"]
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
     more = {}
-    for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml", "default-balance.yaml"):
+    for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml", "default-balance.yaml",
+                 "default-yesno.yaml"):
         more[name] = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
         assert more[name]["model"]["pretrained"] == "/a/pipeline" and more[name]["stages"][0]["size"] == 64
         assert {k: v for k, v in more[name]["train"].items() if k not in ("lr", "warmup")} == \
@@ -531,6 +532,11 @@ def test_example_configs_are_valid():
                for d in second if d["source"] not in fresh)
     assert all(third[s]["seed"] == 4 and third[s]["ratio"] > d["ratio"] for d in second for s in fresh if d["source"] == s)
     assert {s: d.get("loss_weight", 1) for s, d in third.items() if d.get("loss_weight", 1) != 1} == {"shapes:vqa": 6}
+    # the yes/no probe: the second stage's records plus yes/no-only VQA records, every VQA source weighted 6x
+    probe = {d["source"]: d for d in more["default-yesno.yaml"]["stages"][0]["data"]}
+    assert set(probe) == set(third) | {"shapes:vqa:exists", "shapes:vqa:position"}
+    assert {s for s, d in probe.items() if d.get("loss_weight", 1) == 6} == {s for s in probe if s.startswith("shapes:vqa")}
+    assert abs(sum(d["ratio"] for d in probe.values()) - 1.0) < 1e-9
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n
