@@ -253,6 +253,8 @@ def test_loss_weight_weighs_each_token_of_a_source(tiny_base, tmp_path):
     mask = (labels[:, 1:] != IGNORE_INDEX).float() * weights[:, None]
     assert causal_lm_loss(logits, labels, row_weights=weights) == pytest.approx(float((ce * mask).sum() / mask.sum()))
     assert causal_lm_loss(logits, labels, row_weights=torch.ones(3)) == pytest.approx(float(causal_lm_loss(logits, labels)))
+    small = torch.full((3,), 0.01)  # weights summing below one token still give the plain mean
+    assert causal_lm_loss(logits, labels, row_weights=small) == pytest.approx(float(causal_lm_loss(logits, labels)))
     # a batch's rows carry their source's weight, and its supervised count is weighted alike
     for task in ("t2i", "vqa"):
         pretokenize(open_source(f"shapes:{task}", 8, seed=0), tiny_base, 64, tmp_path / task, progress=False)

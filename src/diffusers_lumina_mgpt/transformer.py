@@ -487,7 +487,7 @@ def causal_lm_loss(
     supervised = (shift_labels != IGNORE_INDEX).float()
     if row_weights is not None:
         supervised = supervised * row_weights.to(supervised.device, torch.float32)[:, None]
-    count = supervised.sum().clamp(min=1) if reduction == "mean" else 1
+    count = supervised.sum().clamp(min=1e-8) if reduction == "mean" else 1  # weights may sum below 1
     ce = F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     ).view_as(supervised)
