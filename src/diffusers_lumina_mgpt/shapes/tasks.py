@@ -191,10 +191,9 @@ def make_vqa(rng: np.random.Generator, split: str, kind: str | None = None) -> T
                 break
         if kind is not None and question in asked:
             break  # this scene has no other question of that kind (the background's colour: one)
-        kind_of_turn = asked_kind
         asked.add(question)
         pairs.append((f"{question} {IMAGE}" if turn == 0 else question, answer))
-        targets.append({"kind": "answer", "answer": answer, "question_kind": kind_of_turn})
+        targets.append({"kind": "answer", "answer": answer, "question_kind": asked_kind})
     return TaskRecord("vqa", _turns(*pairs), [render_scene(scene)], targets, split, scene.heldout)
 
 
