@@ -157,6 +157,28 @@ def test_shapes_source_of_one_prompt_family():
     assert len(questions) > 6 and all(q.startswith("Is there ") for q in questions)
 
 
+def test_shapes_source_of_chosen_sizes():
+    from diffusers_lumina_mgpt.shapes.tasks import TASKS
+
+    source = open_source("shapes:t2i:position@80x48", 6, seed=1, chunk_size=3)
+    records = source.chunk(0) + source.chunk(1)
+    assert [r.task for r in records] == ["t2i"] * 6 and records[0].key == "shapes:t2i:position@80x48:0"
+    assert all(im.size == (80, 48) for r in records for im in r.images)
+    assert all(r.conversations[0]["value"].startswith("Generate an image of 80x48 according to") for r in records)
+    assert all(any(w in r.conversations[0]["value"] for w in ("left of", "right of", "above", "below")) for r in records)
+    # two sizes are drawn evenly, a record's pictures (an edit's before and after) share one
+    records = open_source("shapes:edit@48x80,64x64", 12, seed=2, chunk_size=12).chunk(0)
+    sizes = [{im.size for im in r.images} for r in records]
+    assert all(len(s) == 1 for s in sizes) and set().union(*sizes) == {(48, 80), (64, 64)}
+    for task in TASKS:  # every task takes a size, the narrowest bucket too
+        assert all(im.size == (32, 128) for r in open_source(f"shapes:{task}@32x128", 2, seed=0).chunk(0) for im in r.images)
+    assert all(im.size == (128, 32) for r in open_source("shapes:vqa:position@128x32", 3).chunk(0) for im in r.images)
+    for bad in ("shapes:t2i@81x48", "shapes:t2i@80", "shapes:t2i@", "shapes:caption@64x64,96x96"):
+        with pytest.raises(ValueError, match=r"sizes among ShapesWorld's buckets.*the buckets are 64x64, 80x48"):
+            open_source(bad, 4)
+    with pytest.raises(ValueError, match="unknown ShapesWorld task 'captions'"):
+        open_source("shapes:captions@64x64", 4)
+
 def test_pretokenize_resumes_without_duplicates(tiny_base, tmp_path):
     src = open_source("shapes:t2i", 10, seed=3, chunk_size=4)
     full = pretokenize(src, tiny_base, 64, tmp_path / "a", progress=False)
@@ -515,7 +537,7 @@ def test_example_configs_are_valid():
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
     more = {}
     for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml", "default-balance.yaml",
-                 "default-yesno.yaml"):
+                 "default-yesno.yaml", "default-refine.yaml"):
         more[name] = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
         assert more[name]["model"]["pretrained"] == "/a/pipeline" and more[name]["stages"][0]["size"] == 64
         assert {k: v for k, v in more[name]["train"].items() if k not in ("lr", "warmup")} == \
@@ -539,6 +561,11 @@ def test_example_configs_are_valid():
     assert set(probe) == set(third) | {"shapes:vqa:exists", "shapes:vqa:position"}
     assert {s for s, d in probe.items() if d.get("loss_weight", 1) == 6} == {s for s in probe if s.startswith("shapes:vqa")}
     assert abs(sum(d["ratio"] for d in probe.values()) - 1.0) < 1e-9
+    # the refining stage: the probe's sources on fresh records (new seeds), every VQA source still weighted 6x
+    refine = {d["source"]: d for d in more["default-refine.yaml"]["stages"][0]["data"]}
+    assert set(refine) == set(probe) and abs(sum(d["ratio"] for d in refine.values()) - 1.0) < 1e-9
+    assert all(refine[s]["seed"] != probe[s]["seed"] and refine[s].get("loss_weight", 1) == probe[s].get("loss_weight", 1)
+               for s in probe)
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n

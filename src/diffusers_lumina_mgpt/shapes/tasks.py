@@ -137,8 +137,8 @@ def _scene_target(scene: Scene, regions: dict[int, str] | None = None) -> dict[s
 
 
 # ----------------------------------------------------------------------------- task builders
-def make_t2i(rng: np.random.Generator, split: str) -> TaskRecord:
-    scene = sample_scene(rng, split=split)
+def make_t2i(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    scene = sample_scene(rng, split=split, size=size)
     spec = prompt_from_scene(scene, rng) if rng.random() < 0.5 else None
     return _t2i_record(scene, spec.text if spec is not None else caption(scene, rng), spec, split)
 
@@ -150,7 +150,7 @@ def _t2i_record(scene: Scene, text: str, spec: PromptSpec | None, split: str) ->
     return TaskRecord("t2i", _turns((human, IMAGE)), [render_scene(scene)], [target], split, scene.heldout)
 
 
-def make_family_t2i(rng: np.random.Generator, split: str, family: str) -> TaskRecord:
+def make_family_t2i(rng: np.random.Generator, split: str, family: str, size: tuple[int, int] | None = None) -> TaskRecord:
     """A text-to-image record whose prompt is one of `family`'s, with a scene laid out for it.
 
     Phrased as `prompt_from_scene` phrases training prompts: colours named half the time where the family
@@ -158,7 +158,7 @@ def make_family_t2i(rng: np.random.Generator, split: str, family: str) -> TaskRe
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; use any of {', '.join(FAMILIES)}")
     spec = make_prompt(family, rng, split)
-    scene = scene_for_prompt(spec, rng, split=split)
+    scene = scene_for_prompt(spec, rng, size, split=split)
     objects = spec.objects
     if family in ("position", "two_object", "single_object") and rng.random() < 0.5:
         objects = tuple(ObjectSpec(o.shape, o.color) for o in scene.objects)
@@ -167,22 +167,22 @@ def make_family_t2i(rng: np.random.Generator, split: str, family: str) -> TaskRe
     return _t2i_record(scene, text, PromptSpec(family, text, objects, spec.relation), split)
 
 
-def make_caption(rng: np.random.Generator, split: str) -> TaskRecord:
-    scene = sample_scene(rng, split=split)
+def make_caption(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    scene = sample_scene(rng, split=split, size=size)
     text = caption(scene, rng)
     conv = _turns((f"{_pick(rng, CAPTION_PROMPTS)} {IMAGE}", text))
     return TaskRecord("caption", conv, [render_scene(scene)], [{"kind": "caption", "scene": scene.to_dict()}],
                       split, scene.heldout)
 
 
-def make_vqa(rng: np.random.Generator, split: str, kind: str | None = None) -> TaskRecord:
+def make_vqa(rng: np.random.Generator, split: str, kind: str | None = None, size: tuple[int, int] | None = None) -> TaskRecord:
     """One to three questions about a scene; with `kind` (one of QUESTION_KINDS), questions of that kind only,
     on a scene that fits it, and no question asked twice."""
     if kind is not None and kind not in QUESTION_KINDS:
         raise ValueError(f"unknown question kind {kind!r}; use one of {', '.join(QUESTION_KINDS)}")
-    scene = sample_scene(rng, split=split)
+    scene = sample_scene(rng, split=split, size=size)
     while kind is not None and kind not in question_kinds(scene):
-        scene = sample_scene(rng, split=split)
+        scene = sample_scene(rng, split=split, size=size)
     pairs, targets, asked = [], [], set()
     for turn in range(int(rng.integers(1, 4))):
         for _ in range(10):  # avoid repeating a question
@@ -197,9 +197,9 @@ def make_vqa(rng: np.random.Generator, split: str, kind: str | None = None) -> T
     return TaskRecord("vqa", _turns(*pairs), [render_scene(scene)], targets, split, scene.heldout)
 
 
-def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str) -> TaskRecord:
+def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str, size: tuple[int, int] | None) -> TaskRecord:
     for _ in range(50):
-        scene = sample_scene(rng, split=split, unique_refs=1)
+        scene = sample_scene(rng, split=split, unique_refs=1, size=size)
         current, regions, pairs, images, targets = scene, {}, [], [render_scene(scene)], []
         for turn in range(n_edits):
             edit = random_edit(current, rng, split, regions)
@@ -216,30 +216,30 @@ def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str) -
     raise ValueError("could not sample a feasible edit sequence")  # pragma: no cover - needs 50 failures
 
 
-def make_edit(rng: np.random.Generator, split: str) -> TaskRecord:
-    return _make_edits(rng, split, 1, "edit")
+def make_edit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    return _make_edits(rng, split, 1, "edit", size)
 
 
-def make_multiedit(rng: np.random.Generator, split: str) -> TaskRecord:
-    return _make_edits(rng, split, int(rng.integers(2, 4)), "multiedit")
+def make_multiedit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    return _make_edits(rng, split, int(rng.integers(2, 4)), "multiedit", size)
 
 
-def make_segmentation(rng: np.random.Generator, split: str) -> TaskRecord:
-    scene = sample_scene(rng, split=split)
+def make_segmentation(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    scene = sample_scene(rng, split=split, size=size)
     conv = _turns((f"{SEGMENTATION_TEXT} {IMAGE}", IMAGE))
     return TaskRecord("segmentation", conv, [render_scene(scene), render_segmentation(scene)],
                       [{"kind": "segmentation", "scene": scene.to_dict()}], split, scene.heldout)
 
 
-def make_depth(rng: np.random.Generator, split: str) -> TaskRecord:
-    scene = sample_scene(rng, split=split)
+def make_depth(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    scene = sample_scene(rng, split=split, size=size)
     conv = _turns((f"{DEPTH_TEXT} {IMAGE}", IMAGE))
     return TaskRecord("depth", conv, [render_scene(scene), render_depth(scene)],
                       [{"kind": "depth", "scene": scene.to_dict()}], split, scene.heldout)
 
 
-def make_noedit(rng: np.random.Generator, split: str) -> TaskRecord:
-    scene = sample_scene(rng, split=split)
+def make_noedit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
+    scene = sample_scene(rng, split=split, size=size)
     clean = render_scene(scene)
     kind = _pick(rng, DEGRADATIONS)
     conv = _turns((f"{_pick(rng, NOEDIT_INSTRUCTIONS)} {IMAGE}", IMAGE))
@@ -247,7 +247,8 @@ def make_noedit(rng: np.random.Generator, split: str) -> TaskRecord:
                       scene.heldout, {"degradation": kind})
 
 
-TASKS: dict[str, Callable[[np.random.Generator, str], TaskRecord]] = {
+# every builder takes (rng, split, size=None): size (width, height) fixes the picture's size, None draws a bucket
+TASKS: dict[str, Callable[..., TaskRecord]] = {
     "t2i": make_t2i, "caption": make_caption, "vqa": make_vqa, "edit": make_edit, "multiedit": make_multiedit,
     "segmentation": make_segmentation, "depth": make_depth, "noedit": make_noedit,
 }

@@ -8,7 +8,9 @@ and resume chunk by chunk. A source is named by one string:
 - `shapes:TASK` (TASK one of ShapesWorld's tasks): `n` generated records, deterministic in `seed`;
   `shapes:t2i:FAMILY` (FAMILY one of the scored prompt families, e.g. `position`): text-to-image records
   whose prompts all come from that family; `shapes:vqa:KIND` (KIND one of the question kinds, e.g.
-  `exists`): VQA records whose questions are all of that kind.
+  `exists`): VQA records whose questions are all of that kind. Any of these may end in `@WxH[,WxH...]`
+  (sizes among ShapesWorld's buckets, e.g. `shapes:t2i:position@80x48`): pictures of those sizes only, drawn
+  evenly; without it each record draws one of the five buckets.
 A record that cannot be used becomes a `Skip` with its reason; nothing raises mid-run.
 """
 
@@ -89,7 +91,7 @@ def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int 
         from ..shapes.language import FAMILIES, QUESTION_KINDS
         from ..shapes.tasks import TASKS
 
-        task, _, subset = spec.split(":", 1)[1].partition(":")
+        task, _, subset = spec.split(":", 1)[1].partition("@")[0].partition(":")
         if task not in TASKS:
             raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
         if subset and not ((task == "t2i" and subset in FAMILIES) or (task == "vqa" and subset in QUESTION_KINDS)):
@@ -97,6 +99,7 @@ def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int 
                              f"of {', '.join(FAMILIES)}, or shapes:vqa:KIND with KIND one of {', '.join(QUESTION_KINDS)}")
         if not n or n < 1:
             raise ValueError(f"{spec}: give the number of records to generate (n: 1000)")
+        shapes_sizes(spec)  # a bad @size fails here, not in a pretokenising worker
         return Source(spec, int(n), chunk_size, seed)
     path = Path(spec)
     if path.is_dir():
@@ -148,20 +151,42 @@ def _caption_record(image: Path) -> Record | Skip:
                                [str(image)], "t2i", key))
 
 
+def shapes_sizes(spec: str) -> list[tuple[int, int]] | None:
+    """The picture sizes a `shapes:...@WxH[,WxH...]` source asks for (None: no `@`, every bucket)."""
+    from ..shapes.scene import SIZE_BUCKETS
+
+    body, at, text = spec.partition("@")
+    if not at:
+        return None
+    sizes = []
+    for part in text.split(","):
+        w, x, h = part.strip().partition("x")
+        if not (x and w.isdigit() and h.isdigit()) or (int(w), int(h)) not in SIZE_BUCKETS:
+            buckets = ", ".join(f"{bw}x{bh}" for bw, bh in SIZE_BUCKETS)
+            raise ValueError(f"{spec!r}: after '@' give sizes among ShapesWorld's buckets, comma-separated "
+                             f"(e.g. {body}@80x48,48x80); got {part!r}; the buckets are {buckets}")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
 def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Record | Skip]:
-    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY` or `vqa:KIND`); their task is the part before
-    the colon."""
+    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY` or `vqa:KIND`, and end in `@SIZES`); their
+    task is the part before the colon."""
     from ..shapes.tasks import TASKS, make_family_t2i, make_vqa
 
-    name, _, subset = task.partition(":")
+    sizes = shapes_sizes(task)
+    name, _, subset = task.partition("@")[0].partition(":")
     # one generator per (seed, task, chunk): chunks are independent, so any subset can be (re)made
     rng = np.random.default_rng([seed, zlib.crc32(task.encode()), chunk])
     out: list[Record | Skip] = []
     for i in range(lo, hi):
+        size = sizes[int(rng.integers(len(sizes)))] if sizes else None  # no draw without `@`: streams unchanged
         if not subset:
-            rec = TASKS[name](rng, "train")
+            rec = TASKS[name](rng, "train", size=size)
+        elif name == "t2i":
+            rec = make_family_t2i(rng, "train", subset, size=size)
         else:
-            rec = make_family_t2i(rng, "train", subset) if name == "t2i" else make_vqa(rng, "train", subset)
+            rec = make_vqa(rng, "train", subset, size=size)
         out.append(Record(rec.conversations, list(rec.images), name, f"shapes:{task}:{i}"))
     return out
 
@@ -213,4 +238,5 @@ def set_t2i_size(conversations: list[dict[str, str]], sizes: list[tuple[int, int
     return out
 
 
-__all__ = ["Record", "SKIP_REASONS", "Skip", "Source", "check_record", "load_images", "open_source", "set_t2i_size"]
+__all__ = ["Record", "SKIP_REASONS", "Skip", "Source", "check_record", "load_images", "open_source", "set_t2i_size",
+           "shapes_sizes"]
