@@ -88,18 +88,9 @@ class Source:
 def open_source(spec: str, n: int | None = None, seed: int = 0, chunk_size: int = 256) -> Source:
     """Open a source named by `spec` (see the module docstring). `n` is required for `shapes:` sources."""
     if spec.startswith("shapes:"):
-        from ..shapes.language import FAMILIES, QUESTION_KINDS
-        from ..shapes.tasks import TASKS
-
-        task, _, subset = spec.split(":", 1)[1].partition("@")[0].partition(":")
-        if task not in TASKS:
-            raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
-        if subset and not ((task == "t2i" and subset in FAMILIES) or (task == "vqa" and subset in QUESTION_KINDS)):
-            raise ValueError(f"{spec!r}: only text-to-image and VQA take a subset, as shapes:t2i:FAMILY with FAMILY one "
-                             f"of {', '.join(FAMILIES)}, or shapes:vqa:KIND with KIND one of {', '.join(QUESTION_KINDS)}")
+        parse_shapes_source(spec.split(":", 1)[1])  # a bad name fails here, not in a pretokenising worker
         if not n or n < 1:
             raise ValueError(f"{spec}: give the number of records to generate (n: 1000)")
-        shapes_sizes(spec)  # a bad @size fails here, not in a pretokenising worker
         return Source(spec, int(n), chunk_size, seed)
     path = Path(spec)
     if path.is_dir():
@@ -151,22 +142,33 @@ def _caption_record(image: Path) -> Record | Skip:
                                [str(image)], "t2i", key))
 
 
-def shapes_sizes(spec: str) -> list[tuple[int, int]] | None:
-    """The picture sizes a `shapes:...@WxH[,WxH...]` source asks for (None: no `@`, every bucket)."""
+def parse_shapes_source(body: str) -> tuple[str, str, list[tuple[int, int]] | None]:
+    """(task, subset, sizes) of the ShapesWorld source `shapes:BODY`: `t2i:position@80x48` gives
+    ("t2i", "position", [(80, 48)]); subset is "" and sizes None (every bucket) where the name has none.
+    ValueError, saying what to write, for an unknown task or subset or a size outside ShapesWorld's buckets."""
+    from ..shapes.language import FAMILIES, QUESTION_KINDS
     from ..shapes.scene import SIZE_BUCKETS
+    from ..shapes.tasks import TASKS
 
-    body, at, text = spec.partition("@")
+    spec = f"shapes:{body}"
+    name, at, size_text = body.partition("@")
+    task, _, subset = name.partition(":")
+    if task not in TASKS:
+        raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
+    if subset and not ((task == "t2i" and subset in FAMILIES) or (task == "vqa" and subset in QUESTION_KINDS)):
+        raise ValueError(f"{spec!r}: only text-to-image and VQA take a subset, as shapes:t2i:FAMILY with FAMILY one "
+                         f"of {', '.join(FAMILIES)}, or shapes:vqa:KIND with KIND one of {', '.join(QUESTION_KINDS)}")
     if not at:
-        return None
+        return task, subset, None
     sizes = []
-    for part in text.split(","):
+    for part in size_text.split(","):
         w, x, h = part.strip().partition("x")
         if not (x and w.isdigit() and h.isdigit()) or (int(w), int(h)) not in SIZE_BUCKETS:
             buckets = ", ".join(f"{bw}x{bh}" for bw, bh in SIZE_BUCKETS)
             raise ValueError(f"{spec!r}: after '@' give sizes among ShapesWorld's buckets, comma-separated "
-                             f"(e.g. {body}@80x48,48x80); got {part!r}; the buckets are {buckets}")
+                             f"(e.g. shapes:{name}@80x48,48x80); got {part!r}; the buckets are {buckets}")
         sizes.append((int(w), int(h)))
-    return sizes
+    return task, subset, sizes
 
 
 def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Record | Skip]:
@@ -174,8 +176,7 @@ def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Re
     task is the part before the colon."""
     from ..shapes.tasks import TASKS, make_family_t2i, make_vqa
 
-    sizes = shapes_sizes(task)
-    name, _, subset = task.partition("@")[0].partition(":")
+    name, subset, sizes = parse_shapes_source(task)
     # one generator per (seed, task, chunk): chunks are independent, so any subset can be (re)made
     rng = np.random.default_rng([seed, zlib.crc32(task.encode()), chunk])
     out: list[Record | Skip] = []
@@ -238,5 +239,5 @@ def set_t2i_size(conversations: list[dict[str, str]], sizes: list[tuple[int, int
     return out
 
 
-__all__ = ["Record", "SKIP_REASONS", "Skip", "Source", "check_record", "load_images", "open_source", "set_t2i_size",
-           "shapes_sizes"]
+__all__ = ["Record", "SKIP_REASONS", "Skip", "Source", "check_record", "load_images", "open_source",
+           "parse_shapes_source", "set_t2i_size"]
