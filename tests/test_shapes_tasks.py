@@ -218,3 +218,19 @@ def test_vqa_records_of_one_question_kind():
             assert all(s.passed for s in rec.score([t["answer"] for t in rec.targets]))
     with pytest.raises(ValueError, match="unknown question kind 'exist'"):
         make_vqa(rng, "train", "exist")
+
+
+def test_edits_of_one_kind():
+    """`make_edit` / `make_multiedit` with `kind`: every turn is an edit of that kind, its after-picture is the
+    edited scene the target holds (the scorer passes it), and a kind that does not exist is refused."""
+    from diffusers_lumina_mgpt.shapes.tasks import EDIT_KINDS, make_edit, make_multiedit
+
+    rng = np.random.default_rng(0)
+    for kind in EDIT_KINDS:
+        for make in (make_edit, make_multiedit):
+            for _ in range(5):
+                rec = make(rng, "train", kind=kind)
+                assert [t["edit_kind"] for t in rec.targets] == [kind] * len(rec.targets)
+                assert all(s.passed for s in rec.score(rec.images[1:]))
+    with pytest.raises(ValueError, match="unknown edit kind 'moves'; use one of recolor, remove, add, move"):
+        make_edit(rng, "train", kind="moves")

@@ -155,6 +155,14 @@ def test_shapes_source_of_one_prompt_family():
     assert [r.task for r in records] == ["vqa"] * 6
     questions = [t["value"] for r in records for t in r.conversations[::2]]
     assert len(questions) > 6 and all(q.startswith("Is there ") for q in questions)
+    # edits of one kind, single and multi-turn
+    records = open_source("shapes:edit:move", 3, seed=1).chunk(0) + open_source("shapes:multiedit:add", 3, seed=1).chunk(0)
+    assert [r.task for r in records] == ["edit"] * 3 + ["multiedit"] * 3
+    instructions = [[t["value"] for t in r.conversations[::2]] for r in records]
+    assert all(i.startswith(("Move the ", "Place the ")) for r in instructions[:3] for i in r), instructions
+    assert all(i.startswith(("Add a", "Put a")) for r in instructions[3:] for i in r) and len(instructions[3]) >= 2
+    with pytest.raises(ValueError, match="shapes:edit:KIND and shapes:multiedit:KIND with KIND one of recolor"):
+        open_source("shapes:edit:moves", 4)
 
 
 def test_shapes_source_of_chosen_sizes():

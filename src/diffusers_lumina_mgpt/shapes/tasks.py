@@ -34,6 +34,7 @@ from .scorer import TurnScore, score_target
 
 IMAGE = IMAGE_PLACEHOLDER
 CAPTION_PROMPTS = ("Describe the image in detail.", "Describe this image.", "What is in this image?")
+EDIT_KINDS = ("recolor", "remove", "add", "move")
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str
 
 # ----------------------------------------------------------------------------- editing
 def random_edit(scene: Scene, rng: np.random.Generator, split: str, regions: dict[int, str] | None = None,
-                kinds: tuple[str, ...] = ("recolor", "remove", "add", "move")) -> tuple[str, str, Scene, dict[int, str]] | None:
+                kinds: tuple[str, ...] = EDIT_KINDS) -> tuple[str, str, Scene, dict[int, str]] | None:
     """(kind, instruction, edited scene, region constraints) for one random feasible edit, or None.
 
     `regions` maps object index -> 3x3 cell for objects whose exact position is free (added or moved
@@ -197,12 +198,16 @@ def make_vqa(rng: np.random.Generator, split: str, kind: str | None = None, size
     return TaskRecord("vqa", _turns(*pairs), [render_scene(scene)], targets, split, scene.heldout)
 
 
-def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str, size: tuple[int, int] | None) -> TaskRecord:
+def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str, size: tuple[int, int] | None,
+                kind: str | None = None) -> TaskRecord:
+    if kind is not None and kind not in EDIT_KINDS:
+        raise ValueError(f"unknown edit kind {kind!r}; use one of {', '.join(EDIT_KINDS)}")
+    kinds = EDIT_KINDS if kind is None else (kind,)
     for _ in range(50):
         scene = sample_scene(rng, split=split, unique_refs=1, size=size)
         current, regions, pairs, images, targets = scene, {}, [], [render_scene(scene)], []
         for turn in range(n_edits):
-            edit = random_edit(current, rng, split, regions)
+            edit = random_edit(current, rng, split, regions, kinds)
             if edit is None:
                 break
             kind, text, current, regions = edit
@@ -216,12 +221,16 @@ def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str, s
     raise ValueError("could not sample a feasible edit sequence")  # pragma: no cover - needs 50 failures
 
 
-def make_edit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
-    return _make_edits(rng, split, 1, "edit", size)
+def make_edit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None,
+              kind: str | None = None) -> TaskRecord:
+    """One edit; with `kind` (one of EDIT_KINDS), an edit of that kind."""
+    return _make_edits(rng, split, 1, "edit", size, kind)
 
 
-def make_multiedit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
-    return _make_edits(rng, split, int(rng.integers(2, 4)), "multiedit", size)
+def make_multiedit(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None,
+                   kind: str | None = None) -> TaskRecord:
+    """Two or three edits in turn; with `kind`, every turn of that kind."""
+    return _make_edits(rng, split, int(rng.integers(2, 4)), "multiedit", size, kind)
 
 
 def make_segmentation(rng: np.random.Generator, split: str, size: tuple[int, int] | None = None) -> TaskRecord:
@@ -322,5 +331,5 @@ def scene_for_prompt(spec: PromptSpec, rng: np.random.Generator, size: tuple[int
     raise ValueError(f"could not lay out {spec.text!r} in a {size} image; use a larger --size")
 
 
-__all__ = ["TASKS", "TaskRecord", "make_family_t2i", "make_records", "read_records", "random_edit", "scene_for_prompt",
+__all__ = ["EDIT_KINDS", "TASKS", "TaskRecord", "make_family_t2i", "make_records", "read_records", "random_edit", "scene_for_prompt",
            "write_records"]

@@ -148,16 +148,19 @@ def parse_shapes_source(body: str) -> tuple[str, str, list[tuple[int, int]] | No
     ValueError, saying what to write, for an unknown task or subset or a size outside ShapesWorld's buckets."""
     from ..shapes.language import FAMILIES, QUESTION_KINDS
     from ..shapes.scene import SIZE_BUCKETS
-    from ..shapes.tasks import TASKS
+    from ..shapes.tasks import EDIT_KINDS, TASKS
 
     spec = f"shapes:{body}"
     name, at, size_text = body.partition("@")
     task, _, subset = name.partition(":")
     if task not in TASKS:
         raise ValueError(f"unknown ShapesWorld task {task!r} in {spec!r}; use one of {', '.join(TASKS)}")
-    if subset and not ((task == "t2i" and subset in FAMILIES) or (task == "vqa" and subset in QUESTION_KINDS)):
-        raise ValueError(f"{spec!r}: only text-to-image and VQA take a subset, as shapes:t2i:FAMILY with FAMILY one "
-                         f"of {', '.join(FAMILIES)}, or shapes:vqa:KIND with KIND one of {', '.join(QUESTION_KINDS)}")
+    subsets = {"t2i": FAMILIES, "vqa": QUESTION_KINDS, "edit": EDIT_KINDS, "multiedit": EDIT_KINDS}
+    if subset and subset not in subsets.get(task, ()):
+        raise ValueError(f"{spec!r}: only text-to-image, VQA and editing take a subset, as shapes:t2i:FAMILY with "
+                         f"FAMILY one of {', '.join(FAMILIES)}, shapes:vqa:KIND with KIND one of "
+                         f"{', '.join(QUESTION_KINDS)}, or shapes:edit:KIND and shapes:multiedit:KIND with KIND one "
+                         f"of {', '.join(EDIT_KINDS)}")
     if not at:
         return task, subset, None
     sizes = []
@@ -172,7 +175,8 @@ def parse_shapes_source(body: str) -> tuple[str, str, list[tuple[int, int]] | No
 
 
 def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Record | Skip]:
-    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY` or `vqa:KIND`, and end in `@SIZES`); their
+    """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY`, `vqa:KIND`, `edit:KIND` or `multiedit:KIND`,
+    and end in `@SIZES`); their
     task is the part before the colon."""
     from ..shapes.tasks import TASKS, make_family_t2i, make_vqa
 
@@ -186,8 +190,10 @@ def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Re
             rec = TASKS[name](rng, "train", size=size)
         elif name == "t2i":
             rec = make_family_t2i(rng, "train", subset, size=size)
-        else:
+        elif name == "vqa":
             rec = make_vqa(rng, "train", subset, size=size)
+        else:  # edit, multiedit
+            rec = TASKS[name](rng, "train", size=size, kind=subset)
         out.append(Record(rec.conversations, list(rec.images), name, f"shapes:{task}:{i}"))
     return out
 
