@@ -545,7 +545,7 @@ def test_example_configs_are_valid():
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
     more = {}
     for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml", "default-balance.yaml",
-                 "default-yesno.yaml", "default-refine.yaml"):
+                 "default-yesno.yaml", "default-refine.yaml", "default-wide.yaml"):
         more[name] = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
         assert more[name]["model"]["pretrained"] == "/a/pipeline" and more[name]["stages"][0]["size"] == 64
         assert {k: v for k, v in more[name]["train"].items() if k not in ("lr", "warmup")} == \
@@ -574,6 +574,13 @@ def test_example_configs_are_valid():
     assert set(refine) == set(probe) and abs(sum(d["ratio"] for d in refine.values()) - 1.0) < 1e-9
     assert all(refine[s]["seed"] != probe[s]["seed"] and refine[s].get("loss_weight", 1) == probe[s].get("loss_weight", 1)
                for s in probe)
+    # the wide stage: the probe's records plus 80x48 text-to-image ones (seed 5), taken from the text-to-image shares
+    wide = {d["source"]: d for d in more["default-wide.yaml"]["stages"][0]["data"]}
+    assert set(wide) == set(probe) | {"shapes:t2i@80x48", "shapes:t2i:position@80x48"}
+    assert all(wide[s] == d for s, d in probe.items() if not s.startswith("shapes:t2i"))
+    assert sum(d["ratio"] for s, d in wide.items() if s.startswith("shapes:t2i")) == \
+        pytest.approx(sum(d["ratio"] for s, d in probe.items() if s.startswith("shapes:t2i")))
+    assert abs(sum(d["ratio"] for d in wide.values()) - 1.0) < 1e-9
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n
