@@ -16,10 +16,10 @@ from diffusers_lumina_mgpt.cli import main
 from diffusers_lumina_mgpt.shapes.language import FAMILIES, ObjectSpec, PromptSpec, make_prompt
 from diffusers_lumina_mgpt.shapes.scorer import check_spec, detect
 
-# 23 of these 24 prompts pass on the shipped model (the wide stage's weights, guidance 2 and top-k 3 from its
-# folder), measured with 1 and 2 threads; a lower count means the model or the decoding changed (2 spare for
-# float differences between machines, which can move a top-k draw)
-MIN_PASSED = 21
+# 22 of these 24 prompts pass on the shipped model (the second VQA stage's weights, guidance 2 and top-k 3 from
+# its folder), measured with 1 and 2 threads; a lower count means the model or the decoding changed (2 spare
+# for float differences between machines, which can move a top-k draw)
+MIN_PASSED = 20
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_it_draws_what_the_prompts_say(pipe):
 
 
 def test_the_quickstart_command_uses_it(tmp_path):
-    """The README's first command, with no model given: a 64x64 picture of that scene. Seeds 0 to 7 draw it at 6
-    of 8 seeds with the shipped weights (0 among them; 1 and 6 do not pass the scorer)."""
+    """The README's first command, with no model given: a 64x64 picture of that scene. Seeds 0 to 7 draw it at 3
+    of 8 seeds with the shipped weights (0 and 1 among them, also with ATen and MKL held to AVX2)."""
     out = tmp_path / "out.png"
     assert main(["generate", "a red circle to the left of a blue square", "--seed", "0", "-o", str(out)]) == 0
     image = Image.open(out)
