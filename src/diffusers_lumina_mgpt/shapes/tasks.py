@@ -210,10 +210,10 @@ def _make_edits(rng: np.random.Generator, split: str, n_edits: int, task: str, s
             edit = random_edit(current, rng, split, regions, kinds)
             if edit is None:
                 break
-            kind, text, current, regions = edit
+            done, text, current, regions = edit
             pairs.append((f"{text} {IMAGE}" if turn == 0 else text, IMAGE))
             images.append(render_scene(current))
-            targets.append({**_scene_target(current, regions), "edit_kind": kind})
+            targets.append({**_scene_target(current, regions), "edit_kind": done})
         if len(pairs) == n_edits:
             heldout = scene.heldout or any(Scene.from_dict(t["scene"]).heldout for t in targets)
             return TaskRecord(task, _turns(*pairs), images, targets, split, heldout,
@@ -331,5 +331,5 @@ def scene_for_prompt(spec: PromptSpec, rng: np.random.Generator, size: tuple[int
     raise ValueError(f"could not lay out {spec.text!r} in a {size} image; use a larger --size")
 
 
-__all__ = ["EDIT_KINDS", "TASKS", "TaskRecord", "make_family_t2i", "make_records", "read_records", "random_edit", "scene_for_prompt",
-           "write_records"]
+__all__ = ["EDIT_KINDS", "TASKS", "TaskRecord", "make_family_t2i", "make_records", "read_records", "random_edit",
+           "scene_for_prompt", "write_records"]
