@@ -546,7 +546,7 @@ def test_example_configs_are_valid():
     more = {}
     for name in ("default-continue.yaml", "default-position.yaml", "default-position-2.yaml", "default-balance.yaml",
                  "default-yesno.yaml", "default-refine.yaml", "default-wide.yaml", "default-vqa.yaml",
-                 "default-vqa-2.yaml"):
+                 "default-vqa-2.yaml", "default-vqa-3.yaml"):
         more[name] = load_train_config(EXAMPLES / "shapesworld" / name, ["model.pretrained=/a/pipeline"])
         assert more[name]["model"]["pretrained"] == "/a/pipeline" and more[name]["stages"][0]["size"] == 64
         assert {k: v for k, v in more[name]["train"].items() if k not in ("lr", "warmup")} == \
@@ -582,16 +582,19 @@ def test_example_configs_are_valid():
     assert sum(d["ratio"] for s, d in wide.items() if s.startswith("shapes:t2i")) == \
         pytest.approx(sum(d["ratio"] for s, d in probe.items() if s.startswith("shapes:t2i")))
     assert abs(sum(d["ratio"] for d in wide.values()) - 1.0) < 1e-9
-    # the VQA stages: the wide stage's sources plus colour questions, every VQA source weighted 6x; the second
-    # stage asks fresh yes/no and colour questions in the same proportions
-    vqa, vqa2 = ({d["source"]: d for d in more[n]["stages"][0]["data"]} for n in ("default-vqa.yaml", "default-vqa-2.yaml"))
+    # the VQA stages: the wide stage's sources plus colour questions, every VQA source weighted 6x; the second and
+    # third stages ask fresh yes/no and colour questions in the same proportions
+    vqa, vqa2, vqa3 = ({d["source"]: d for d in more[n]["stages"][0]["data"]}
+                       for n in ("default-vqa.yaml", "default-vqa-2.yaml", "default-vqa-3.yaml"))
     assert set(vqa) == set(wide) | {"shapes:vqa:color"} and abs(sum(d["ratio"] for d in vqa.values()) - 1.0) < 1e-9
     assert {s for s, d in vqa.items() if d.get("loss_weight", 1) == 6} == {s for s in vqa if s.startswith("shapes:vqa")}
     assert sum(d["ratio"] for s, d in vqa.items() if s.startswith("shapes:vqa")) > \
         sum(d["ratio"] for s, d in wide.items() if s.startswith("shapes:vqa"))
-    changed = {s for s in vqa if vqa[s] != vqa2[s]}
-    assert changed == {"shapes:vqa:exists", "shapes:vqa:position", "shapes:vqa:color"}
-    assert all({**vqa2[s], "seed": vqa[s]["seed"]} == vqa[s] for s in changed)
+    for later in (vqa2, vqa3):
+        changed = {s for s in vqa if vqa[s] != later[s]}
+        assert changed == {"shapes:vqa:exists", "shapes:vqa:position", "shapes:vqa:color"}
+        assert all({**later[s], "seed": vqa[s]["seed"]} == vqa[s] for s in changed)
+    assert all(vqa2[s]["seed"] != vqa3[s]["seed"] for s in changed)
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n
