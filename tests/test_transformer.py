@@ -267,3 +267,30 @@ def test_logits_token_ids_selects_vocabulary_rows_and_follows_weight_updates():
         assert model(ids, logits_token_ids=other).logits.shape == (2, 5, 2)
     with pytest.raises(ValueError, match="logits_token_ids"):
         model(ids, labels=ids, logits_token_ids=subset)
+
+
+def test_small_batch_linear_route_is_measured_and_both_routes_agree() -> None:
+    """`fast_linear.linear` picks `weight @ x.T` or `F.linear` for few-row fp32 CPU products by timing both once
+    (which is faster depends on the CPU); the two give the same numbers, and measuring draws no random numbers."""
+    from diffusers_lumina_mgpt import fast_linear
+
+    torch.manual_seed(0)
+    weight, x = torch.randn(300, 64), torch.randn(3, 64)
+    expected = torch.nn.functional.linear(x, weight)
+    try:
+        outs = []
+        for route in (True, False):
+            fast_linear.set_small_batch_transposed(route)
+            assert fast_linear.small_batch_transposed() is route
+            outs.append(fast_linear.linear(x, weight))
+            outs.append(fast_linear.linear(x[:1], weight))  # one row: padded to two on the transposed route
+        for full, one in zip(outs[::2], outs[1::2]):
+            torch.testing.assert_close(full, expected)
+            torch.testing.assert_close(one, expected[:1])
+        fast_linear.set_small_batch_transposed(None)
+        torch.manual_seed(1)
+        state = torch.get_rng_state()
+        assert isinstance(fast_linear.small_batch_transposed(), bool)
+        assert torch.equal(torch.get_rng_state(), state)
+    finally:
+        fast_linear.set_small_batch_transposed(None)

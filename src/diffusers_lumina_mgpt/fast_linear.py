@@ -1,7 +1,8 @@
 """Fast inference paths for the transformer's linear layers, kept apart from its architecture.
 
-* `linear` / `Linear`: `F.linear` with a CPU route for the few rows of a decode step (MKL's small-M GEMM
-  is slow; `weight @ x.T` streams the weight).
+* `linear` / `Linear`: `F.linear` with a CPU route for the few rows of a decode step where MKL's small-M
+  GEMM is slow (`weight @ x.T` streams the weight); which form is faster depends on the CPU, so it is
+  measured once per process (`small_batch_transposed`).
 * `fuse_linears` / `fused_usable`: q/k/v and gate/up weights concatenated in place
   (`LuminaMGPTTransformer.fuse_projections`), used while they still hold the layer's weights.
 * `WeightRows`: the rows of a weight for a vocabulary subset (code-only logits inside an image),
@@ -18,10 +19,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# MKL's fp32 GEMM for x (M, in) @ W.T is slow for the few rows of a decode step (measured 7 GB/s for a
-# 65536 x 512 lm_head at M=2 on 2 AVX-512 cores); the same product as W @ x.T streams the weight at
-# ~42 GB/s. Single rows are padded to two (sgemv is as slow as the slow GEMM path).
+# On some CPUs MKL's fp32 GEMM for x (M, in) @ W.T is slow for the few rows of a decode step (7 GB/s for a
+# 65536 x 512 lm_head at M=2 on 2 cores of an AVX-512 AMD EPYC), where the same product as W @ x.T streams the
+# weight at ~42 GB/s; on others (2 cores of an AMX Intel Xeon) F.linear is 2-5x faster than W @ x.T. Single
+# rows are padded to two for W @ x.T (sgemv is as slow as the slow GEMM path).
 _SMALL_M_ROWS = 8
+_transposed: bool | None = None  # the measured choice, see small_batch_transposed
+
+
+def small_batch_transposed() -> bool:
+    """Whether `weight @ x.T` beats `F.linear` for a 2-row fp32 product on this CPU: timed once per process on
+    a 4096 x 512 weight (a few milliseconds, no random numbers drawn), at the thread count of the first call;
+    `weight @ x.T` must win by 20% to be chosen."""
+    global _transposed
+    if _transposed is None:
+        if torch.compiler.is_compiling():  # no timing inside a trace: the route before it was measured
+            return True
+        import time
+
+        weight, x = torch.full((4096, 512), 0.01), torch.full((2, 512), 0.02)
+
+        def best(fn) -> float:
+            fn()
+            times = []
+            for _ in range(7):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        with torch.no_grad():
+            _transposed = best(lambda: weight @ x.T) < 0.8 * best(lambda: F.linear(x, weight))
+    return _transposed
+
+
+def set_small_batch_transposed(transposed: bool | None) -> None:
+    """Force the small-batch route (True: `weight @ x.T`, False: `F.linear`); None measures it again on next use."""
+    global _transposed
+    _transposed = transposed
 
 
 def frozen_compile() -> bool:
@@ -35,8 +70,8 @@ def frozen_compile() -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, routed through `weight @ x.T` for fp32 CPU inference on at most 8 rows (except under a
-    frozen compile, see `frozen_compile`)."""
+    """`F.linear`, routed through `weight @ x.T` for fp32 CPU inference on at most 8 rows where that is faster
+    on this CPU (`small_batch_transposed`; never under a frozen compile, see `frozen_compile`)."""
     rows = x.numel() // x.shape[-1] if x.numel() else 0
     if (
         0 < rows <= _SMALL_M_ROWS
@@ -45,6 +80,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not frozen_compile()
+        and small_batch_transposed()
     ):
         x2 = x.reshape(rows, x.shape[-1])
         if rows == 1:
