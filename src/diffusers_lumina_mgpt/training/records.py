@@ -176,9 +176,8 @@ def parse_shapes_source(body: str) -> tuple[str, str, list[tuple[int, int]] | No
 
 def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Record | Skip]:
     """Records `lo..hi` of `shapes:TASK` (TASK may be `t2i:FAMILY`, `vqa:KIND`, `edit:KIND` or `multiedit:KIND`,
-    and end in `@SIZES`); their
-    task is the part before the colon."""
-    from ..shapes.tasks import TASKS, make_family_t2i, make_vqa
+    and end in `@SIZES`); their task is the part before the colon."""
+    from ..shapes.tasks import TASKS, make_family_t2i
 
     name, subset, sizes = parse_shapes_source(task)
     # one generator per (seed, task, chunk): chunks are independent, so any subset can be (re)made
@@ -190,9 +189,7 @@ def _shapes_chunk(task: str, lo: int, hi: int, seed: int, chunk: int) -> list[Re
             rec = TASKS[name](rng, "train", size=size)
         elif name == "t2i":
             rec = make_family_t2i(rng, "train", subset, size=size)
-        elif name == "vqa":
-            rec = make_vqa(rng, "train", subset, size=size)
-        else:  # edit, multiedit
+        else:  # vqa, edit and multiedit builders take the subset as `kind`
             rec = TASKS[name](rng, "train", size=size, kind=subset)
         out.append(Record(rec.conversations, list(rec.images), name, f"shapes:{task}:{i}"))
     return out
