@@ -590,11 +590,11 @@ def test_example_configs_are_valid():
     assert {s for s, d in vqa.items() if d.get("loss_weight", 1) == 6} == {s for s in vqa if s.startswith("shapes:vqa")}
     assert sum(d["ratio"] for s, d in vqa.items() if s.startswith("shapes:vqa")) > \
         sum(d["ratio"] for s, d in wide.items() if s.startswith("shapes:vqa"))
+    asked_anew = {"shapes:vqa:exists", "shapes:vqa:position", "shapes:vqa:color"}
     for later in (vqa2, vqa3):
-        changed = {s for s in vqa if vqa[s] != later[s]}
-        assert changed == {"shapes:vqa:exists", "shapes:vqa:position", "shapes:vqa:color"}
-        assert all({**later[s], "seed": vqa[s]["seed"]} == vqa[s] for s in changed)
-    assert all(vqa2[s]["seed"] != vqa3[s]["seed"] for s in changed)
+        assert {s for s in vqa if vqa[s] != later[s]} == asked_anew
+        assert all({**later[s], "seed": vqa[s]["seed"]} == vqa[s] for s in asked_anew)
+    assert all(vqa2[s]["seed"] != vqa3[s]["seed"] for s in asked_anew)
     for n in (1, 8, 32):
         acc = yaml.safe_load((EXAMPLES / "accelerate" / f"fsdp-{n}gpu.yaml").read_text())
         assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == n
