@@ -528,6 +528,67 @@ def test_plot_writes_a_png(tmp_path):
     assert Image.open(tmp_path / "l.png").size[0] > 100
 
 
+def test_average_is_the_weighted_mean_of_fine_tunes_and_refuses_mismatches(tiny_pipe_dir, tmp_path, capsys):
+    import shutil
+
+    from diffusers_lumina_mgpt.cli import main as cli
+    from diffusers_lumina_mgpt.pipelines import LuminaMGPTPipeline
+    from diffusers_lumina_mgpt.training.average import average_pipelines
+    from diffusers_lumina_mgpt.training.pretokenize import load_vqvae
+    from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer
+
+    a = tmp_path / "a"
+    shutil.copytree(tiny_pipe_dir, a)
+    cfg = json.loads((a / "model_index.json").read_text())
+    cfg["default_guidance_scale"] = 2.5  # a setting of the first folder that the mean must keep
+    (a / "model_index.json").write_text(json.dumps(cfg))
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    tb = LuminaMGPTTransformer.from_pretrained(str(b), subfolder="transformer")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tb.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    tb.save_pretrained(str(b / "transformer"))
+
+    assert cli(["average", str(a), str(b), "--weights", "0.75", "0.25", "--out", str(tmp_path / "soup")]) == 0
+    soup = LuminaMGPTPipeline.from_pretrained(str(tmp_path / "soup"))
+    sa = LuminaMGPTTransformer.from_pretrained(str(a), subfolder="transformer").state_dict()
+    sb, ss = tb.state_dict(), soup.transformer.state_dict()
+    assert ss.keys() == sa.keys()
+    for k in sa:
+        torch.testing.assert_close(ss[k], 0.75 * sa[k] + 0.25 * sb[k], rtol=0, atol=1e-6)
+    assert not torch.equal(ss[k], sa[k])
+    assert soup.config.default_guidance_scale == 2.5
+    assert (tmp_path / "soup/scheduler/scheduler_config.json").read_text() == (
+        a / "scheduler/scheduler_config.json").read_text()
+    # equal weights by default
+    average_pipelines([a, b], tmp_path / "mean")
+    sm = LuminaMGPTTransformer.from_pretrained(str(tmp_path / "mean"), subfolder="transformer").state_dict()
+    torch.testing.assert_close(sm[k], 0.5 * sa[k] + 0.5 * sb[k], rtol=0, atol=1e-6)
+
+    # a different VQ tokenizer, bad weights, one folder, writing over an input: refused with the reason
+    c = tmp_path / "c"
+    shutil.copytree(a, c)
+    vq = load_vqvae(c / "vqvae")
+    with torch.no_grad():
+        next(vq.parameters()).add_(1.0)
+    vq.save_pretrained(str(c / "vqvae"))
+    with pytest.raises(ValueError, match="vqvae differs"):
+        average_pipelines([a, c], tmp_path / "x")
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_pipelines([a, b], tmp_path / "x", [0.5, 0.6])
+    with pytest.raises(ValueError, match="one weight per folder"):
+        average_pipelines([a, b], tmp_path / "x", [1.0])
+    with pytest.raises(ValueError, match="at least two"):
+        average_pipelines([a], tmp_path / "x")
+    with pytest.raises(ValueError, match="new folder"):
+        average_pipelines([a, b], b)
+    assert cli(["average", str(a), str(c), "--out", str(tmp_path / "x")]) == 2
+    assert "vqvae differs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 # ----------------------------------------------------------------------------- shipped examples
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

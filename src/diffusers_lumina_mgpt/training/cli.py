@@ -1,4 +1,4 @@
-"""Training subcommands: `pretokenize`, `train`, `train-vq`, `train-diffusion`, `export`, `plot`.
+"""Training subcommands: `pretokenize`, `train`, `train-vq`, `train-diffusion`, `export`, `average`, `plot`.
 
 `train --num-processes N` (N > 1) starts N processes through accelerate; it runs exactly
 `accelerate launch --multi_gpu --num_processes N -m diffusers_lumina_mgpt.training.launch CONFIG ...`
@@ -68,6 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--default-size", type=int, help="the pipeline's default size (default: the checkpoint's stage size)")
     ex.set_defaults(func=_export)
 
+    av = subparsers.add_parser(
+        "average", help="one pipeline whose transformer is the weighted mean of several fine-tunes' (a model soup)",
+        formatter_class=fmt,
+        epilog="example: lumina-mgpt average runs/vqa2/pipeline runs/vqa3/pipeline --weights 0.75 0.25 --out soup")
+    av.add_argument("pipelines", nargs="+", help="pipeline folders of one architecture, VQ tokenizer and tokenizer; "
+                                                  "the first gives every other component and setting")
+    av.add_argument("--weights", type=float, nargs="+", help="one per folder, summing to 1 (default: equal)")
+    av.add_argument("--out", required=True, help="new pipeline folder")
+    av.set_defaults(func=_average)
+
     pl = subparsers.add_parser("plot", help="loss curves of a run, per stage, to a PNG (needs matplotlib)",
                                formatter_class=fmt, epilog="example: lumina-mgpt plot runs/smoke -o loss.png")
     pl.add_argument("run", help="a training output folder (holds metrics.jsonl)")
@@ -133,6 +143,13 @@ def _export(args: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
     print(f"pipeline written to {export_checkpoint(args.checkpoint, args.out, args.default_size)}")
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from .average import average_pipelines
+
+    print(f"pipeline written to {average_pipelines(args.pipelines, args.out, args.weights)}")
     return 0
 
 

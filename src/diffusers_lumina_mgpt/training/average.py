@@ -1,0 +1,80 @@
+"""`lumina-mgpt average`: one pipeline whose transformer is a weighted mean of several fine-tunes.
+
+Fine-tunes started from the same weights can be averaged parameter by parameter (Wortsman et al., "Model
+soups", 2022; "Robust fine-tuning of zero-shot models" (WiSE-FT), 2022): the mean often keeps much of
+what each run learned, so a stage that gained one task and lost another can be blended back with its
+starting point at a chosen weight. Only the transformer is averaged; the VQ tokenizer and the text
+tokenizer must be the same in every folder (image codes and token ids would otherwise mean different
+things), and the first folder gives every other component and setting (scheduler, default size,
+guidance).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoints import save_pipeline
+
+
+def _check_weights(paths: Sequence[str | Path], weights: Sequence[float] | None) -> list[float]:
+    if len(paths) < 2:
+        raise ValueError(f"average needs at least two pipeline folders, got {len(paths)}")
+    if weights is None:
+        return [1.0 / len(paths)] * len(paths)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise ValueError(f"got {len(weights)} weights for {len(paths)} pipeline folders: give one weight per folder "
+                         "(e.g. --weights 0.75 0.25), or none for the plain mean")
+    if any(w < 0 or not math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be finite and non-negative, got {weights}")
+    if not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
+        raise ValueError(f"weights must sum to 1 (a weighted mean), got {weights} summing to {sum(weights):g}")
+    return weights
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None) -> Path:
+    """Write `out`: the first folder's pipeline with transformer weights `sum_i weights[i] * theta_i`
+    (computed in fp32, stored in the first transformer's dtypes). `weights` default to equal ones."""
+    from transformers import AutoTokenizer
+
+    from ..pipelines import LuminaMGPTPipeline
+    from ..transformer import LuminaMGPTTransformer
+    from .pretokenize import load_vqvae
+
+    weights = _check_weights(paths, weights)
+    out = Path(out)
+    if any(Path(p).resolve() == out.resolve() for p in paths):
+        raise ValueError(f"--out {out} is one of the folders being averaged; write the mean to a new folder")
+    first = LuminaMGPTPipeline.from_pretrained(str(paths[0]))
+    arch = {k: v for k, v in first.transformer.config.items() if not k.startswith("_")}
+    state = first.transformer.state_dict()
+    total = {k: weights[0] * v.float() for k, v in state.items()}
+    for path, w in zip(paths[1:], weights[1:]):
+        other = LuminaMGPTTransformer.from_pretrained(str(path), subfolder="transformer")
+        other_arch = {k: v for k, v in other.config.items() if not k.startswith("_")}
+        if other_arch != arch:
+            diff = sorted(k for k in set(arch) | set(other_arch) if arch.get(k) != other_arch.get(k))
+            raise ValueError(f"{path}'s transformer config differs from {paths[0]}'s in {diff}: only fine-tunes of one "
+                             "architecture can be averaged")
+        if not _same_state(load_vqvae(Path(path) / "vqvae"), first.vqvae):
+            raise ValueError(f"{path}'s vqvae differs from {paths[0]}'s: the image codes would mean different things; "
+                             "average only transformers trained on the same VQ tokenizer")
+        if AutoTokenizer.from_pretrained(str(Path(path) / "tokenizer")).get_vocab() != first.tokenizer.get_vocab():
+            raise ValueError(f"{path}'s tokenizer differs from {paths[0]}'s: token ids would mean different things")
+        for k, v in other.state_dict().items():
+            total[k] += w * v.float()
+        del other
+    first.transformer.load_state_dict({k: total[k].to(state[k].dtype) for k in state})
+    return save_pipeline(first, out)
+
+
+__all__ = ["average_pipelines"]
