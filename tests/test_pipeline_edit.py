@@ -208,6 +208,42 @@ def test_from_text_to_image_pipeline(tiny_pipe_dir, wide):
     assert edit(wide, "x", output_type="tokens").tokens.shape == (1, 14)
 
 
+def test_default_edit_image_top_k_comes_from_the_folder(tiny_pipe_dir, tmp_path, wide):
+    """A folder's `default_edit_image_top_k` is the image top-k of edit calls that pass none (the same tokens
+    as passing it); text-to-image keeps the scheduler's; `from_pipe` and `save_pretrained` keep it; bad values
+    are refused with the key's name."""
+    import json
+    import shutil
+
+    plain = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
+    assert plain.config.default_edit_image_top_k is None
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipe_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "default_edit_image_top_k": 1}))
+    edit = LuminaMGPTEditPipeline.from_pretrained(folder)
+    edit.set_progress_bar_config(disable=True)
+    g = lambda: torch.Generator().manual_seed(3)
+    kw = dict(output_type="tokens", guidance_scale=2.0)
+    implicit = edit(wide, "x", generator=g(), **kw).tokens
+    assert torch.equal(implicit, edit(wide, "x", image_top_k=1, generator=g(), **kw).tokens)
+    assert not torch.equal(implicit, edit(wide, "x", image_top_k=50, generator=g(), **kw).tokens)
+    assert torch.equal(edit.denoise(wide, generator=g(), output_type="tokens").tokens,
+                       edit.denoise(wide, image_top_k=1, generator=g(), output_type="tokens").tokens)
+    t2i = LuminaMGPTPipeline.from_pipe(edit)
+    assert t2i.config.default_edit_image_top_k == 1
+    t2i.set_progress_bar_config(disable=True)
+    kw = dict(height=32, width=32, output_type="tokens")
+    assert torch.equal(t2i("a cat", generator=g(), **kw).tokens,
+                       t2i("a cat", image_top_k=t2i.scheduler.config.image_top_k, generator=g(), **kw).tokens)
+    t2i.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["default_edit_image_top_k"] == 1
+    for bad in (0, 2.5, True, "3"):
+        (folder / "model_index.json").write_text(json.dumps({**index, "default_edit_image_top_k": bad}))
+        with pytest.raises(ValueError, match="default_edit_image_top_k must be a whole number"):
+            LuminaMGPTEditPipeline.from_pretrained(folder)
+
+
 def test_bad_images(pipe, tmp_path, wide):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")

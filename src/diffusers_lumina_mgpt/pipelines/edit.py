@@ -115,9 +115,10 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
                 input's bucket). The answer's `BOI, H, W` are forced, so the size is always honoured.
             guidance_scale: CFG with the image alone as unconditional context; 1.0 (Lumina's Omni demo
                 default) skips the unconditional rows.
-            num_images_per_prompt, generator, image_top_k, temperature, top_p, output_type, return_dict,
+            image_top_k: top-k over the VQ codes; default: the folder's `default_edit_image_top_k`, else the
+                scheduler's `image_top_k`. Lumina's Omni demo samples with 200.
+            num_images_per_prompt, generator, temperature, top_p, output_type, return_dict,
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in `LuminaMGPTPipeline`.
-                Lumina's Omni demo samples with image_top_k 200.
         """
         conv = self.prepare_conversation(image, prompt, task, history)
         if (height is None) != (width is None):
@@ -137,6 +138,8 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
             prompt_length=len(cond), max_grid=self.vocab.max_grid,
         )
 
+        if image_top_k is None:
+            image_top_k = self.config.get("default_edit_image_top_k")  # None: the scheduler's
         images, blocks, num_forwards = self.generate_image_blocks(
             [cond] * num_images_per_prompt, [uncond] * num_images_per_prompt, layout, height, width,
             guidance_scale, generator, {"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p},

@@ -67,6 +67,8 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         default_size: the model's resolution, used when `height`/`width` are not given.
         default_guidance_scale: the CFG scale used when a call gives none (Lumina-mGPT's demo: 3.0; a model
             folder may record the scale its scores were measured at).
+        default_edit_image_top_k: the image top-k of [`LuminaMGPTEditPipeline`] calls (editing, Omni tasks,
+            no-edit denoising) that give none; None: the scheduler's `image_top_k`, as for text-to-image.
         patch_size: pixels per grid token (two latent cells); read from the `vqvae` when there is one, and
             saved, so that a pipeline loaded with `vqvae=None` (text components only) can still `encode_prompt`.
     """
@@ -83,14 +85,24 @@ class LuminaMGPTPipeline(DiffusionPipeline):
         default_size: int = 512,
         patch_size: int | None = None,
         default_guidance_scale: float = 3.0,
+        default_edit_image_top_k: int | None = None,
     ):
         # the type hints let diffusers' `from_pipe` hand the models over to related pipelines
         super().__init__()
         self.register_modules(tokenizer=tokenizer, transformer=transformer, vqvae=vqvae, scheduler=scheduler)
         if vqvae is not None:  # recorded so that a pipeline loaded without its vqvae still knows the grid
             patch_size = 2 * vq_downsample_factor(vqvae)
+        if default_edit_image_top_k is not None and (
+            isinstance(default_edit_image_top_k, bool) or not isinstance(default_edit_image_top_k, int)
+            or default_edit_image_top_k < 1
+        ):
+            raise ValueError(
+                f"default_edit_image_top_k must be a whole number >= 1 or None (the scheduler's image_top_k), "
+                f"got {default_edit_image_top_k!r}; fix it in the folder's model_index.json"
+            )
         self.register_to_config(default_size=default_size, patch_size=patch_size,
-                                default_guidance_scale=default_guidance_scale)
+                                default_guidance_scale=default_guidance_scale,
+                                default_edit_image_top_k=default_edit_image_top_k)
         self._compiled_decoder: CompiledDecoder | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
