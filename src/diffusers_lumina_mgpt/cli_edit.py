@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ed.add_argument("--model", help="pipeline folder (default: DEFAULT_MODEL, when the install ships one)")
     ed.add_argument("--seed", type=int, default=0)
     ed.add_argument("--guidance-scale", type=float, default=1.0)
-    ed.add_argument("--image-top-k", type=int)
+    ed.add_argument("--image-top-k", type=int, help="top-k over the VQ codes (default: the model folder's "
+                                                   "default_edit_image_top_k, else its scheduler's image_top_k)")
     ed.add_argument("-o", "--output", required=True, help="PNG file to write")
     ed.set_defaults(func=_edit)
 
