@@ -181,6 +181,21 @@ def png_settings(path) -> dict:
     return json.loads(Image.open(path).text[PNG_METADATA_KEY])
 
 
+def test_the_sliders_start_at_the_model_folders_defaults(backend):
+    """The sliders start where the pipelines would sample with no arguments: the shipped model's guidance 2,
+    top-k 3 and greedy edits; Lumina-mGPT's demo values for a converted checkpoint that records none."""
+    from diffusers_lumina_mgpt import DEFAULT_MODEL, LuminaMGPTPipeline
+    from diffusers_lumina_mgpt.demo.handlers import sampling_defaults
+
+    assert backend.defaults == {"t2i_guidance": 3.0, "t2i_image_top_k": backend.pipe.scheduler.config.image_top_k,
+                                "edit_guidance": 1.0, "edit_image_top_k": limits.EDIT_IMAGE_TOP_K}
+    shipped = LuminaMGPTPipeline.from_pretrained(DEFAULT_MODEL)
+    assert sampling_defaults(shipped) == {"t2i_guidance": 2.0, "t2i_image_top_k": 3, "edit_guidance": 1.0,
+                                          "edit_image_top_k": 1}
+    shipped.scheduler = type(shipped.scheduler).from_config(shipped.scheduler.config, image_top_k=None)
+    assert sampling_defaults(shipped)["t2i_image_top_k"] == limits.T2I_IMAGE_TOP_K  # "no top-k": a slider can't say
+
+
 def test_text_to_image_previews_row_by_row_then_saves_pngs_with_settings(backend):
     events = list(backend.text_to_image("a red circle", "64x64", 5, False, 99.0, 10**6, 9.0, "AR", 10))
     *previews, (images, files, seed, status) = events

@@ -19,9 +19,8 @@ import gradio as gr
 
 from .handlers import AUTO_SIZE, SCHEDULERS, TASK_CHOICES, DemoBackend, EditSession
 from .limits import (
-    CHAT_MAX_NEW_TOKENS, DEFAULT_MAX_QUEUE, EDIT_GUIDANCE, EDIT_IMAGE_TOP_K, GUIDANCE_RANGE, IMAGE_TOP_K_RANGE,
-    MAX_CHAT_IMAGES, MAX_IMAGES, MAX_NEW_TOKENS_RANGE, MAX_PROMPT_CHARS, MAX_UPLOAD, SEED_RANGE, T2I_GUIDANCE,
-    T2I_IMAGE_TOP_K, TEMPERATURE_RANGE, TEXT_TOP_K_RANGE,
+    CHAT_MAX_NEW_TOKENS, DEFAULT_MAX_QUEUE, GUIDANCE_RANGE, IMAGE_TOP_K_RANGE, MAX_CHAT_IMAGES, MAX_IMAGES,
+    MAX_NEW_TOKENS_RANGE, MAX_PROMPT_CHARS, MAX_UPLOAD, SEED_RANGE, TEMPERATURE_RANGE, TEXT_TOP_K_RANGE,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,8 +79,9 @@ def _text_to_image_tab(backend: DemoBackend) -> None:
             with gr.Row():
                 seed = _seed_box()
                 randomize = gr.Checkbox(False, label="Random seed")
-            guidance = gr.Slider(*GUIDANCE_RANGE, value=T2I_GUIDANCE, step=0.5, label="Guidance scale (1 = off)")
-            top_k = gr.Slider(*IMAGE_TOP_K_RANGE, value=T2I_IMAGE_TOP_K, step=1, label="Image top-k")
+            guidance = gr.Slider(*GUIDANCE_RANGE, value=backend.defaults["t2i_guidance"], step=0.5,
+                                 label="Guidance scale (1 = off)")
+            top_k = gr.Slider(*IMAGE_TOP_K_RANGE, value=backend.defaults["t2i_image_top_k"], step=1, label="Image top-k")
             temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
             scheduler = gr.Radio(list(SCHEDULERS), value=SCHEDULERS[0], label="Scheduler (Jacobi: speculative, same "
                                                                                "distribution, fewer forwards)")
@@ -117,8 +117,10 @@ def _edit_tab(backend: DemoBackend) -> None:
                 reset = gr.Button("New conversation", elem_id="edit-reset")
         with gr.Column():
             seed = _seed_box()
-            guidance = gr.Slider(*GUIDANCE_RANGE, value=EDIT_GUIDANCE, step=0.5, label="Guidance scale (1 = off)")
-            top_k = gr.Slider(*IMAGE_TOP_K_RANGE, value=EDIT_IMAGE_TOP_K, step=1, label="Image top-k")
+            guidance = gr.Slider(*GUIDANCE_RANGE, value=backend.defaults["edit_guidance"], step=0.5,
+                                 label="Guidance scale (1 = off)")
+            top_k = gr.Slider(*IMAGE_TOP_K_RANGE, value=backend.defaults["edit_image_top_k"], step=1,
+                              label="Image top-k (1 = greedy)")
     turns = gr.Gallery(label="Results of this conversation", columns=6, height=160, format="png", elem_id="edit-turns")
     status = gr.Textbox(label="Status", interactive=False, elem_id="edit-status")
     run.click(shows_errors(backend.edit), [source, task, prompt, seed, guidance, top_k, follow, session],

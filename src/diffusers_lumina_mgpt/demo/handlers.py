@@ -92,6 +92,20 @@ def _file_path(item: Any) -> str:
     return item["path"] if isinstance(item, dict) else str(item)
 
 
+def sampling_defaults(pipe: LuminaMGPTPipeline) -> dict[str, float | int]:
+    """The sliders' starting values: what the pipelines use when a call gives none (the folder's
+    `default_guidance_scale`, the scheduler's `image_top_k`, the folder's `default_edit_image_top_k`), with
+    Lumina-mGPT's demo values (limits.py) where the folder says nothing (or "no top-k", which a slider can't show)."""
+    scheduler_top_k = pipe.scheduler.config.get("image_top_k")
+    edit_top_k = pipe.config.get("default_edit_image_top_k")
+    return {
+        "t2i_guidance": float(pipe.config.get("default_guidance_scale", T2I_GUIDANCE)),
+        "t2i_image_top_k": clamp_int(scheduler_top_k, IMAGE_TOP_K_RANGE, T2I_IMAGE_TOP_K),
+        "edit_guidance": EDIT_GUIDANCE,
+        "edit_image_top_k": clamp_int(edit_top_k, IMAGE_TOP_K_RANGE, EDIT_IMAGE_TOP_K),
+    }
+
+
 class DemoBackend:
     def __init__(self, pipe_or_folder: Any, device: str | None = None, output_dir: str | Path | None = None):
         self.pipe = load_pipeline(pipe_or_folder, device)
@@ -101,6 +115,7 @@ class DemoBackend:
         config = self.pipe.scheduler.config
         self.schedulers = {"AR": LuminaMGPTARScheduler.from_config(config),
                            "Jacobi": LuminaMGPTJacobiScheduler.from_config(config)}
+        self.defaults = sampling_defaults(self.pipe)
         self.sizes = allowed_sizes(self.pipe.image_processor.buckets, self.pipe.config.default_size)
         self.size_choices = [size_label(h, w) for h, w in self.sizes]
         self.model_name = str(getattr(self.pipe, "name_or_path", None) or "")
@@ -133,8 +148,8 @@ class DemoBackend:
         seed = _seed(seed, randomize_seed)
         settings = {
             "prompt": prompt, "height": height, "width": width, "seed": seed, "scheduler": scheduler.lower(),
-            "guidance_scale": clamp(guidance_scale, GUIDANCE_RANGE, T2I_GUIDANCE),
-            "image_top_k": clamp_int(image_top_k, IMAGE_TOP_K_RANGE, T2I_IMAGE_TOP_K),
+            "guidance_scale": clamp(guidance_scale, GUIDANCE_RANGE, self.defaults["t2i_guidance"]),
+            "image_top_k": clamp_int(image_top_k, IMAGE_TOP_K_RANGE, self.defaults["t2i_image_top_k"]),
             "temperature": clamp(temperature, TEMPERATURE_RANGE, 1.0),
         }
         count = clamp_int(num_images, (1, MAX_IMAGES), 1)
@@ -196,8 +211,8 @@ class DemoBackend:
         seed = clamp_int(seed, SEED_RANGE, 0)
         settings = {
             "task": task, "prompt": prompt, "seed": seed, "continued": history is not None,
-            "guidance_scale": clamp(guidance_scale, GUIDANCE_RANGE, EDIT_GUIDANCE),
-            "image_top_k": clamp_int(image_top_k, IMAGE_TOP_K_RANGE, EDIT_IMAGE_TOP_K),
+            "guidance_scale": clamp(guidance_scale, GUIDANCE_RANGE, self.defaults["edit_guidance"]),
+            "image_top_k": clamp_int(image_top_k, IMAGE_TOP_K_RANGE, self.defaults["edit_image_top_k"]),
         }
         common = {"history": history, "generator": _generator(seed), "guidance_scale": settings["guidance_scale"],
                   "image_top_k": settings["image_top_k"]}

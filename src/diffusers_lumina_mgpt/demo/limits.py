@@ -24,8 +24,8 @@ MAX_TURNS = 8  # edit turns / chat answers kept in one conversation before it mu
 MAX_UPLOAD = "20mb"  # Gradio's upload limit (launch(max_file_size=...))
 DEFAULT_MAX_QUEUE = 8  # requests waiting at most; more get Gradio's "Queue is full"
 
-# defaults shown in the UI (Lumina-mGPT's demos: t2i guidance 3-4, image top-k 2000; Omni guidance 1.0,
-# image top-k 200)
+# defaults shown in the UI where the model folder records none (handlers.sampling_defaults; Lumina-mGPT's
+# demos: t2i guidance 3-4, image top-k 2000; Omni guidance 1.0, image top-k 200)
 T2I_GUIDANCE = 3.0
 T2I_IMAGE_TOP_K = 2000
 EDIT_GUIDANCE = 1.0
