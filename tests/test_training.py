@@ -540,7 +540,8 @@ def test_average_is_the_weighted_mean_of_fine_tunes_and_refuses_mismatches(tiny_
     a = tmp_path / "a"
     shutil.copytree(tiny_pipe_dir, a)
     cfg = json.loads((a / "model_index.json").read_text())
-    cfg["default_guidance_scale"] = 2.5  # a setting of the first folder that the mean must keep
+    cfg["default_guidance_scale"] = 2.5  # settings of the first folder that the mean must keep
+    cfg["default_edit_image_top_k"] = 1
     (a / "model_index.json").write_text(json.dumps(cfg))
     b = tmp_path / "b"
     shutil.copytree(a, b)
@@ -559,7 +560,7 @@ def test_average_is_the_weighted_mean_of_fine_tunes_and_refuses_mismatches(tiny_
     for k in sa:
         torch.testing.assert_close(ss[k], 0.75 * sa[k] + 0.25 * sb[k], rtol=0, atol=1e-6)
     assert not torch.equal(ss[k], sa[k])
-    assert soup.config.default_guidance_scale == 2.5
+    assert soup.config.default_guidance_scale == 2.5 and soup.config.default_edit_image_top_k == 1
     assert (tmp_path / "soup/scheduler/scheduler_config.json").read_text() == (
         a / "scheduler/scheduler_config.json").read_text()
     # equal weights by default
@@ -584,6 +585,18 @@ def test_average_is_the_weighted_mean_of_fine_tunes_and_refuses_mismatches(tiny_
         average_pipelines([a], tmp_path / "x")
     with pytest.raises(ValueError, match="new folder"):
         average_pipelines([a, b], b)
+    with pytest.raises(ValueError, match="is or holds"):  # the folder above an input: it would be deleted
+        average_pipelines([a, b], tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="would delete them"):
+        average_pipelines([a, b], tmp_path / "notes")
+    assert (tmp_path / "notes/keep.txt").read_text() == "mine"
+    average_pipelines([a, b], tmp_path / "mean", [0.25, 0.75])  # an earlier mean is replaced
+    sm = LuminaMGPTTransformer.from_pretrained(str(tmp_path / "mean"), subfolder="transformer").state_dict()
+    torch.testing.assert_close(sm[k], 0.25 * sa[k] + 0.75 * sb[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no vqvae/ or tokenizer/"):
+        average_pipelines([a, b / "transformer"], tmp_path / "x")
     assert cli(["average", str(a), str(c), "--out", str(tmp_path / "x")]) == 2
     assert "vqvae differs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -97,8 +97,9 @@ class LuminaMGPTPipeline(DiffusionPipeline):
             or default_edit_image_top_k < 1
         ):
             raise ValueError(
-                f"default_edit_image_top_k must be a whole number >= 1 or None (the scheduler's image_top_k), "
-                f"got {default_edit_image_top_k!r}; fix it in the folder's model_index.json"
+                f"default_edit_image_top_k must be a whole number >= 1 (1, not 1.0) or None (the scheduler's "
+                f"image_top_k), got {default_edit_image_top_k!r}; fix it in the folder's model_index.json or the "
+                "from_pretrained argument"
             )
         self.register_to_config(default_size=default_size, patch_size=patch_size,
                                 default_guidance_scale=default_guidance_scale,

@@ -43,7 +43,8 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None) -> Path:
     """Write `out`: the first folder's pipeline with transformer weights `sum_i weights[i] * theta_i`
-    (computed in fp32, stored in the first transformer's dtypes). `weights` default to equal ones."""
+    (computed and stored in float32, as the pipelines load). `weights` default to equal ones. `out` must be a
+    new folder, or an earlier pipeline folder that is not one of the inputs (it is replaced)."""
     from transformers import AutoTokenizer
 
     from ..pipelines import LuminaMGPTPipeline
@@ -52,8 +53,16 @@ def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Seq
 
     weights = _check_weights(paths, weights)
     out = Path(out)
-    if any(Path(p).resolve() == out.resolve() for p in paths):
-        raise ValueError(f"--out {out} is one of the folders being averaged; write the mean to a new folder")
+    for p in paths:
+        if out.resolve() == Path(p).resolve() or out.resolve() in Path(p).resolve().parents:
+            raise ValueError(f"--out {out} is or holds {p}, one of the folders being averaged; write the mean to a "
+                             "new folder")
+        if not (Path(p) / "vqvae").is_dir() or not (Path(p) / "tokenizer").is_dir():
+            raise ValueError(f"{p} has no vqvae/ or tokenizer/ folder: average whole pipeline folders (e.g. a run's "
+                             "pipeline/), which the check that they share one VQ tokenizer and tokenizer needs")
+    if out.exists() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+        raise ValueError(f"--out {out} is a folder with files that is not a pipeline folder; writing the mean there "
+                         "would delete them: choose a new folder")
     first = LuminaMGPTPipeline.from_pretrained(str(paths[0]))
     arch = {k: v for k, v in first.transformer.config.items() if not k.startswith("_")}
     state = first.transformer.state_dict()
@@ -69,7 +78,8 @@ def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Seq
             raise ValueError(f"{path}'s vqvae differs from {paths[0]}'s: the image codes would mean different things; "
                              "average only transformers trained on the same VQ tokenizer")
         if AutoTokenizer.from_pretrained(str(Path(path) / "tokenizer")).get_vocab() != first.tokenizer.get_vocab():
-            raise ValueError(f"{path}'s tokenizer differs from {paths[0]}'s: token ids would mean different things")
+            raise ValueError(f"{path}'s tokenizer differs from {paths[0]}'s: token ids would mean different things; "
+                             "average only fine-tunes of one base model")
         for k, v in other.state_dict().items():
             total[k] += w * v.float()
         del other
