@@ -60,3 +60,10 @@ def test_eval_task_cli(tiny_pipe_dir, tmp_path):
                  "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["task"] == "edit" and data["records"] == 1 and "turn_pass_rate" in data
+    # the top-k the edits were sampled at is recorded: the folder's (none here), so the scheduler's
+    from diffusers_lumina_mgpt.pipelines import LuminaMGPTPipeline
+
+    assert data["image_top_k"] == LuminaMGPTPipeline.from_pretrained(tiny_pipe_dir).scheduler.config.image_top_k
+    assert main(["eval", "shapes", "--model", str(tiny_pipe_dir), "--task", "edit", "--n", "1", "--no-progress",
+                 "--image-top-k", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["image_top_k"] == 1

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ed.add_argument("--task", default="edit", help="edit, segmentation, depth, surface_normal, pose, detection, "
                                                    "condition, or denoise (no-edit denoising)")
     ed.add_argument("--model", help="pipeline folder (default: DEFAULT_MODEL, when the install ships one)")
-    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--seed", type=int, default=0, help="sampling seed (no effect at image top-k 1, greedy, which "
+                                                       "the shipped model's folder sets: pass --image-top-k 3 for "
+                                                       "variety)")
     ed.add_argument("--guidance-scale", type=float, default=1.0)
     ed.add_argument("--image-top-k", type=int, help="top-k over the VQ codes (default: the model folder's "
                                                    "default_edit_image_top_k, else its scheduler's image_top_k)")

@@ -91,7 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="load the pipeline in this dtype")
     ev.add_argument("--num-inference-steps", type=int, help="passed to the pipeline call if given")
     ev.add_argument("--guidance-scale", type=float, help="passed to the pipeline call if given")
-    ev.add_argument("--image-top-k", type=int, help="image_top_k passed to our pipelines if given")
+    ev.add_argument("--image-top-k", type=int, help="image_top_k passed to our pipelines if given (else t2i: the "
+                                                    "scheduler's; Omni tasks: the folder's default_edit_image_top_k, "
+                                                    "then the scheduler's)")
     ev.add_argument("--temperature", type=float, help="sampling temperature passed to our pipelines if given (t2i)")
     ev.add_argument("--task", default="t2i", choices=[*TASKS],
                     help="t2i scores text-to-image by prompt family; the others replay ShapesWorld Omni records "
@@ -220,14 +222,18 @@ def _eval_task(args: argparse.Namespace) -> int:
     pipe = LuminaMGPTEditPipeline.from_pipe(pipe)
     pipe.set_progress_bar_config(disable=True)
     guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
-    result = evaluate_tasks(pipe, [args.task], args.n, args.seed, guidance, args.image_top_k,
+    top_k = args.image_top_k  # else what the edit pipeline takes: the folder's, then the scheduler's
+    if top_k is None:
+        top_k = pipe.config.get("default_edit_image_top_k") or pipe.scheduler.config.image_top_k
+    result = evaluate_tasks(pipe, [args.task], args.n, args.seed, guidance, top_k,
                             progress=not args.no_progress, image_dir=args.save_images)
     row = result[args.task]
-    print(f"ShapesWorld {args.task} scores of {args.model} ({args.n} records, seed {args.seed}, guidance {guidance})")
+    print(f"ShapesWorld {args.task} scores of {args.model} ({args.n} records, seed {args.seed}, guidance {guidance}, "
+          f"image top-k {top_k})")
     for key, value in row.items():
         if key == "pass_rate_by_kind":
             value = ", ".join(f"{k} {v['pass_rate']:.3f} of {v['turns']}" for k, v in value.items())
         print(f"  {key:20s} {value if not isinstance(value, float) else f'{value:.3f}'}")
     _write_json(args.json, {"model": str(args.model), "task": args.task, "n": args.n, "seed": args.seed,
-                            "guidance_scale": guidance, "image_top_k": args.image_top_k, **row})
+                            "guidance_scale": guidance, "image_top_k": top_k, **row})
     return 0
