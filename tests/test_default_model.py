@@ -16,10 +16,10 @@ from diffusers_lumina_mgpt.cli import main
 from diffusers_lumina_mgpt.shapes.language import FAMILIES, ObjectSpec, PromptSpec, make_prompt
 from diffusers_lumina_mgpt.shapes.scorer import check_spec, detect
 
-# 22 of these 24 prompts pass on the shipped model (the mean of the second and third VQA stages' weights,
-# guidance 2 and top-k 3 from its folder), measured with 1 and 2 threads; a lower count means the model or the decoding changed (2 spare
-# for float differences between machines, which can move a top-k draw)
-MIN_PASSED = 20
+# 23 of these 24 prompts pass on the shipped model (the mean of the three VQA stages' weights, guidance 2 and
+# top-k 3 from its folder), measured with 1 and 2 threads; a lower count means the model or the decoding changed
+# (2 spare for float differences between machines, which can move a top-k draw)
+MIN_PASSED = 21
 
 
 @pytest.fixture(scope="module")
