@@ -66,7 +66,7 @@ def test_the_edit_pipeline_loads_it():
 def test_it_edits_shapesworld_scenes_at_its_folder_settings():
     """Greedy editing (the folder's `default_edit_image_top_k` 1, guidance 1) of 40 fixed ShapesWorld edit
     records: 24 pass on the shipped model with 1 and 2 threads (greedy decoding draws nothing, so only
-    near-ties between machines can move a count; 0.714 over 900 records, docs/default-model.md)."""
+    near-ties between machines can move a count; 0.723 over 900 records, docs/default-model.md)."""
     from diffusers_lumina_mgpt.shapes.task_eval import evaluate_tasks
 
     edit = LuminaMGPTEditPipeline.from_pretrained(DEFAULT_MODEL)
