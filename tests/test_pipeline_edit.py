@@ -217,12 +217,14 @@ def test_default_edit_image_top_k_comes_from_the_folder(tiny_pipe_dir, tmp_path,
 
     plain = LuminaMGPTEditPipeline.from_pretrained(tiny_pipe_dir)
     assert plain.config.default_edit_image_top_k is None
+    assert plain.edit_image_top_k == plain.scheduler.config.image_top_k
     folder = tmp_path / "pipe"
     shutil.copytree(tiny_pipe_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "default_edit_image_top_k": 1}))
     edit = LuminaMGPTEditPipeline.from_pretrained(folder)
     edit.set_progress_bar_config(disable=True)
+    assert edit.edit_image_top_k == 1
     g = lambda: torch.Generator().manual_seed(3)
     kw = dict(output_type="tokens", guidance_scale=2.0)
     implicit = edit(wide, "x", generator=g(), **kw).tokens

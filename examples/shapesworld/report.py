@@ -268,8 +268,7 @@ def main() -> None:
         path.write_text(json.dumps(scores, indent=1))
     if "tasks" in args.parts:
         # the Omni tasks sample at the edit pipeline's defaults, not at the text-to-image settings above
-        edit_top_k = pipe.config.get("default_edit_image_top_k") or pipe.scheduler.config.image_top_k
-        scores["settings"]["tasks_sampling"] = {"guidance_scale": 1.0, "image_top_k": edit_top_k}
+        scores["settings"]["tasks_sampling"] = {"guidance_scale": 1.0, "image_top_k": pipe.edit_image_top_k}
         scores["tasks"] = task_scores(pipe, args.n_tasks, args.seed)
         path.write_text(json.dumps(scores, indent=1))
     if "jacobi" in args.parts:

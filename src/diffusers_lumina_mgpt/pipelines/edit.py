@@ -81,6 +81,13 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
         """(height, width) of the last image of the conversation: the input's bucket for a single edit."""
         return block_size(self, conversation.last_image)
 
+    @property
+    def edit_image_top_k(self) -> int | None:
+        """The image top-k of calls that give none: the folder's `default_edit_image_top_k`, else the
+        scheduler's `image_top_k` (None: no top-k)."""
+        top_k = self.config.get("default_edit_image_top_k")
+        return self.scheduler.config.image_top_k if top_k is None else top_k
+
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
@@ -139,7 +146,7 @@ class LuminaMGPTEditPipeline(LuminaMGPTChatMixin, LuminaMGPTPipeline):
         )
 
         if image_top_k is None:
-            image_top_k = self.config.get("default_edit_image_top_k")  # None: the scheduler's
+            image_top_k = self.edit_image_top_k
         images, blocks, num_forwards = self.generate_image_blocks(
             [cond] * num_images_per_prompt, [uncond] * num_images_per_prompt, layout, height, width,
             guidance_scale, generator, {"image_top_k": image_top_k, "temperature": temperature, "top_p": top_p},

@@ -222,9 +222,7 @@ def _eval_task(args: argparse.Namespace) -> int:
     pipe = LuminaMGPTEditPipeline.from_pipe(pipe)
     pipe.set_progress_bar_config(disable=True)
     guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
-    top_k = args.image_top_k  # else what the edit pipeline takes: the folder's, then the scheduler's
-    if top_k is None:
-        top_k = pipe.config.get("default_edit_image_top_k") or pipe.scheduler.config.image_top_k
+    top_k = pipe.edit_image_top_k if args.image_top_k is None else args.image_top_k
     result = evaluate_tasks(pipe, [args.task], args.n, args.seed, guidance, top_k,
                             progress=not args.no_progress, image_dir=args.save_images)
     row = result[args.task]

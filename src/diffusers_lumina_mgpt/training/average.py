@@ -54,7 +54,7 @@ def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Seq
     weights = _check_weights(paths, weights)
     out = Path(out)
     for p in paths:
-        if out.resolve() == Path(p).resolve() or out.resolve() in Path(p).resolve().parents:
+        if out.resolve() in (Path(p).resolve(), *Path(p).resolve().parents):
             raise ValueError(f"--out {out} is or holds {p}, one of the folders being averaged; write the mean to a "
                              "new folder")
         if not (Path(p) / "vqvae").is_dir() or not (Path(p) / "tokenizer").is_dir():
