@@ -138,6 +138,29 @@ def test_pretokenize_labels_match_conversation_tokenizer(tiny_base, tmp_path):
     assert (labels[sup] == ids[sup]).all() and ids[-1] == vocab.eot_id and sup[-1]
 
 
+def test_batched_tokenising_equals_one_record_at_a_time(tiny_base):
+    """`Tokenizing.many` encodes the images of many records together (in batches of same-sized images); each
+    row equals the row of its record tokenised alone, for every task and mixed sizes, and a record it
+    skips stays in its place."""
+    from diffusers_lumina_mgpt.training.pretokenize import Tokenizing, load_components
+    from diffusers_lumina_mgpt.training.records import Record, Skip
+
+    tok = Tokenizing(*load_components(tiny_base), 64, max_length=250)
+    records = [r for spec in ("shapes:t2i@80x48,64x64", "shapes:edit", "shapes:multiedit", "shapes:vqa", "shapes:noedit")
+               for r in open_source(spec, 4, seed=3).chunk(0)]
+    records.insert(3, Record(key="tiny", conversations=records[0].conversations, images=[records[0].images[0].resize((8, 8))],
+                             task="t2i"))
+    together = tok.many(records, batch_images=5)
+    alone = [tok.many([r])[0] for r in records]
+    assert isinstance(together[3], Skip) and together[3].reason == "small_image"
+    assert any(isinstance(r, Skip) and r.reason == "too_long" for r in alone)  # multi-turn edits over 250 tokens
+    for a, b in zip(together, alone):
+        if isinstance(b, Skip):
+            assert isinstance(a, Skip) and a.reason == b.reason
+        else:
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
 def test_shapes_source_of_one_prompt_family():
     source = open_source("shapes:t2i:position", 4, seed=1, chunk_size=2)
     records = source.chunk(0) + source.chunk(1)
@@ -202,6 +225,21 @@ def test_pretokenize_resumes_without_duplicates(tiny_base, tmp_path):
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in full["shards"]]
     with pytest.raises(ValueError, match="another source or size"):
         pretokenize(src, tiny_base, 48, out, progress=False)
+
+
+def test_one_worker_pool_serves_sources_of_several_sizes(tiny_base, tmp_path):
+    """`worker_pool` processes outlive a `pretokenize` call: a second source at another size gets its own
+    settings in the same workers (a worker that kept the first size would write other shards), and every
+    shard equals the one written in this process."""
+    from diffusers_lumina_mgpt.training.pretokenize import worker_pool
+
+    sources = [(open_source("shapes:t2i", 6, seed=1, chunk_size=2), 64), (open_source("shapes:edit", 4, seed=1, chunk_size=2), 48)]
+    with worker_pool(2) as pool:
+        shared = [pretokenize(src, tiny_base, size, tmp_path / f"pool{k}", progress=False, pool=pool)
+                  for k, (src, size) in enumerate(sources)]
+    alone = [pretokenize(src, tiny_base, size, tmp_path / f"alone{k}", progress=False) for k, (src, size) in enumerate(sources)]
+    for a, b in zip(shared, alone):
+        assert a["rows"] == b["rows"] > 0 and [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
 
 
 def test_corrupt_or_truncated_data_is_detected(tiny_base, tmp_path):

@@ -396,6 +396,28 @@ def test_cell_encoder_codes_depend_only_on_their_cell(tmp_path):
         assert torch.equal(vq_encode_codes(reloaded, pixels), vq_encode_codes(vq, pixels))
 
 
+def test_cell_encoder_encodes_each_distinct_cell_once():
+    """Repeated cells (a flat background) are encoded once and shared; the latents equal those of every
+    cell encoded by the plain encoder, and the encoder runs on the distinct cells only."""
+    from diffusers.models.autoencoders.vq_model import VQModel
+
+    from diffusers_lumina_mgpt.vq import _from_cells, _to_cells
+
+    vq = _small_vq(True, cell_encoder=True)
+    f = vq_downsample_factor(vq)
+    pixels = torch.ones(2, 3, 4 * f, 6 * f)  # white, as a ShapesWorld background
+    pixels[0, :, f : 3 * f, 2 * f : 3 * f] = torch.tensor([1.0, -1.0, -1.0])[:, None, None]  # a red 2x1 block
+    pixels[1, :, :f, :f] = torch.rand(3, f, f) * 2 - 1
+    seen = []
+    hook = vq.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        latents = vq.encode(pixels).latents
+        hook.remove()
+        every_cell = VQModel.encode(vq, _to_cells(pixels, f)).latents
+    assert seen == [3]  # white, red and the random cell
+    torch.testing.assert_close(latents, _from_cells(every_cell, 2, 4, 6), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("lookup", [False, True])
 def test_cell_decoder_draws_each_code_alone(tmp_path, lookup):
     """With `cell_decoder`, a code draws the same f x f pixels wherever it stands: changing one code changes

@@ -141,7 +141,11 @@ class ChameleonVQModel(VQModel):
         b, c, height, width = x.shape
         if height % f or width % f:
             raise ValueError(f"a cell encoder needs image sides that are multiples of {f}, got {height}x{width}")
-        latents = _from_cells(super().encode(_to_cells(x, f)).latents, b, height // f, width // f)
+        cells = _to_cells(x, f)
+        # Encode each distinct cell once: pictures repeat cells (background, flat colour) many times over.
+        unique, inverse = torch.unique(cells.flatten(1), dim=0, return_inverse=True)
+        encoded = super().encode(unique.view(-1, *cells.shape[1:])).latents
+        latents = _from_cells(encoded[inverse], b, height // f, width // f)
         return VQEncoderOutput(latents=latents) if return_dict else (latents,)
 
     @apply_forward_hook

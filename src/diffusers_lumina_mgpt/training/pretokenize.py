@@ -15,11 +15,12 @@ dependencies for features (columns of strings, queries) that token streams do no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,33 +71,64 @@ class Tokenizing:
         self.processor = LuminaImageProcessor(target_size=size, patch_size=2 * f, downsample_factor=f)
         self.max_length = max_length
 
-    @torch.no_grad()
     def __call__(self, rec: Record) -> tuple[np.ndarray, np.ndarray] | Skip:
+        return self.many([rec])[0]
+
+    @torch.no_grad()
+    def many(self, records: list[Record], batch_images: int = 256) -> list[tuple[np.ndarray, np.ndarray] | Skip]:
+        """(input_ids, labels) or a `Skip` for each record. The images of all records are encoded together,
+        same-sized ones in batches of up to `batch_images`: one image at a time, a 64 px picture costs the
+        encoder more in per-call overhead than in arithmetic."""
         from ..image_processor import choose_bucket
         from ..image_tokens import encode_image_block
         from ..vq import vq_encode_codes
 
-        images = load_images(rec)
-        if isinstance(images, Skip):
-            return images
-        blocks, sizes = [], []
-        for image in images:
-            w0, h0 = image.size
-            w, h = choose_bucket(w0, h0, self.processor.buckets)
-            if w0 * h0 * 4 < w * h:
-                return Skip("small_image", rec.key, f"{w0}x{h0} for a {w}x{h} bucket")
-            pixels = self.processor.preprocess(image, height=h, width=w)
-            codes = vq_encode_codes(self.vqvae, pixels)[0]
-            blocks.append(encode_image_block(codes, self.vocab, self.processor.latents_per_grid))
-            sizes.append((w, h))
-        conv = set_t2i_size(rec.conversations, sizes)
-        try:
-            tok = self.conversation.tokenize(conv, blocks)
-        except ValueError as err:
-            return Skip("placeholders", rec.key, str(err))
-        if self.max_length and tok.input_ids.numel() > self.max_length:
-            return Skip("too_long", rec.key, f"{tok.input_ids.numel()} tokens")
-        return tok.input_ids.numpy().astype(np.int32), tok.labels.numpy().astype(np.int32)
+        prepared: list[tuple[list[torch.Tensor], list[tuple[int, int]]] | Skip] = []
+        for rec in records:
+            images = load_images(rec)
+            if isinstance(images, Skip):
+                prepared.append(images)
+                continue
+            pixels, sizes = [], []
+            for image in images:
+                w0, h0 = image.size
+                w, h = choose_bucket(w0, h0, self.processor.buckets)
+                if w0 * h0 * 4 < w * h:
+                    pixels = Skip("small_image", rec.key, f"{w0}x{h0} for a {w}x{h} bucket")
+                    break
+                pixels.append(self.processor.preprocess(image, height=h, width=w)[0])
+                sizes.append((w, h))
+            prepared.append(pixels if isinstance(pixels, Skip) else (pixels, sizes))
+        by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for r, item in enumerate(prepared):
+            if not isinstance(item, Skip):
+                for k, px in enumerate(item[0]):
+                    by_shape.setdefault(tuple(px.shape), []).append((r, k))
+        codes: dict[tuple[int, int], torch.Tensor] = {}
+        for where in by_shape.values():
+            for i in range(0, len(where), batch_images):
+                part = where[i:i + batch_images]
+                batch = torch.stack([prepared[r][0][k] for r, k in part])
+                for (r, k), c in zip(part, vq_encode_codes(self.vqvae, batch)):
+                    codes[r, k] = c
+        out: list[tuple[np.ndarray, np.ndarray] | Skip] = []
+        for r, (rec, item) in enumerate(zip(records, prepared)):
+            if isinstance(item, Skip):
+                out.append(item)
+                continue
+            blocks = [encode_image_block(codes[r, k], self.vocab, self.processor.latents_per_grid)
+                      for k in range(len(item[0]))]
+            conv = set_t2i_size(rec.conversations, item[1])
+            try:
+                tok = self.conversation.tokenize(conv, blocks)
+            except ValueError as err:
+                out.append(Skip("placeholders", rec.key, str(err)))
+                continue
+            if self.max_length and tok.input_ids.numel() > self.max_length:
+                out.append(Skip("too_long", rec.key, f"{tok.input_ids.numel()} tokens"))
+                continue
+            out.append((tok.input_ids.numpy().astype(np.int32), tok.labels.numpy().astype(np.int32)))
+        return out
 
 
 # ----------------------------------------------------------------------------- shards
@@ -135,17 +167,26 @@ def write_shard(out: Path, c: int, rows: list[tuple[np.ndarray, np.ndarray, str]
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(model_dir: str, size: int, max_length: int | None, threads: int) -> None:
+def _tokenizing(model_dir: str, size: int, max_length: int | None) -> Tokenizing:
+    """This process's `Tokenizing` for these settings, loaded once and kept while they stay the same."""
+    key = (model_dir, size, max_length)
+    if _WORKER.get("key") != key:
+        tokenizer, vqvae = load_components(model_dir)
+        _WORKER.update(key=key, tok=Tokenizing(tokenizer, vqvae, size, max_length))
+    return _WORKER["tok"]
+
+
+def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
-    tokenizer, vqvae = load_components(model_dir)
-    _WORKER["tok"] = Tokenizing(tokenizer, vqvae, size, max_length)
 
 
-def _run_chunk(source: Source, c: int, out: str) -> dict[str, Any]:
-    tok = _WORKER["tok"]
+def _run_chunk(source: Source, c: int, out: str, model_dir: str, size: int, max_length: int | None) -> dict[str, Any]:
+    tok = _tokenizing(model_dir, size, max_length)
+    items = list(source.chunk(c))
+    results = iter(tok.many([it for it in items if not isinstance(it, Skip)]))
     rows, skipped = [], []
-    for item in source.chunk(c):
-        result = item if isinstance(item, Skip) else tok(item)
+    for item in items:
+        result = item if isinstance(item, Skip) else next(results)
         if isinstance(result, Skip):
             skipped.append(result)
         else:
@@ -153,10 +194,27 @@ def _run_chunk(source: Source, c: int, out: str) -> dict[str, Any]:
     return write_shard(Path(out), c, rows, skipped)
 
 
+@contextlib.contextmanager
+def worker_pool(num_proc: int):
+    """A pool of `num_proc` pre-tokenising processes (None for 1: work in this process) to pass to several
+    `pretokenize` calls: starting a process and loading torch in it takes seconds, as long as a small
+    source's whole work. Each worker keeps the model it last loaded."""
+    if num_proc <= 1:
+        yield None
+        return
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // num_proc)
+    with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        yield pool
+
+
 def pretokenize(source: Source, model_dir: str | Path, size: int, out_dir: str | Path, num_proc: int = 1,
-                max_length: int | None = None, progress: bool = True) -> dict[str, Any]:
+                max_length: int | None = None, progress: bool = True, pool: Executor | None = None) -> dict[str, Any]:
     """Pre-tokenise `source` into `out_dir` (resuming: chunks with a finished shard are not redone).
-    Returns the manifest; skipped records are counted by reason and logged to `out_dir/skipped.jsonl`."""
+    Returns the manifest; skipped records are counted by reason and logged to `out_dir/skipped.jsonl`.
+    `pool` (from `worker_pool`) is used instead of a pool of `num_proc` processes started for this call."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -173,19 +231,20 @@ def pretokenize(source: Source, model_dir: str | Path, size: int, out_dir: str |
             and (out / f"{shard_name(c)}.safetensors").is_file()}
     todo = [c for c in range(source.num_chunks) if c not in done]
     bar = tqdm(total=source.num_chunks, initial=len(done), desc=f"pretokenize {source.spec}", disable=not progress)
-    threads = max(1, (os.cpu_count() or 1) // max(1, num_proc))
-    if num_proc <= 1 and todo:  # a finished folder loads no model
-        _init_worker(str(model_dir), size, max_length, torch.get_num_threads())
-        for c in todo:
-            _run_chunk(source, c, str(out))
-            bar.update()
-    elif todo:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(str(model_dir), size, max_length, threads)) as pool:
-            for _ in pool.map(_run_chunk, [source] * len(todo), todo, [str(out)] * len(todo)):
-                bar.update()
+    args = (str(model_dir), size, max_length)
+    if todo:  # a finished folder loads no model
+        with contextlib.ExitStack() as stack:
+            if pool is None:
+                pool = stack.enter_context(worker_pool(num_proc))
+            if pool is None:
+                for c in todo:
+                    _run_chunk(source, c, str(out), *args)
+                    bar.update()
+                _WORKER.clear()  # this process keeps no model (its folder may be rewritten before the next call)
+            else:
+                n = len(todo)
+                for _ in pool.map(_run_chunk, [source] * n, todo, [str(out)] * n, *([a] * n for a in args)):
+                    bar.update()
     bar.close()
     shards = [json.loads((out / f"{shard_name(c)}.json").read_text()) for c in range(source.num_chunks)]
     skipped = Counter(s[0] for m in shards for s in m["skipped"])
@@ -211,4 +270,5 @@ def skipped_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMAT_VERSION", "Tokenizing", "load_components", "load_vqvae", "pretokenize", "sha256_file", "skipped_table"]
+__all__ = ["FORMAT_VERSION", "Tokenizing", "load_components", "load_vqvae", "pretokenize", "sha256_file", "skipped_table",
+           "worker_pool"]

@@ -197,7 +197,9 @@ def _open_source(config: dict[str, Any], d: dict[str, Any]):
     return open_source(spec, d.get("n"), int(d.get("seed", config["seed"])), config["data"]["chunk_size"])
 
 
-def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dict[str, Any], progress: bool) -> list[Path]:
+def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dict[str, Any], progress: bool,
+                       pool=None) -> list[Path]:
+    """Pre-tokenise a stage's sources into DIR/data/STAGE/K; `pool`: a `pretokenize.worker_pool` to use."""
     from .pretokenize import pretokenize, skipped_table
 
     folders = []
@@ -205,7 +207,7 @@ def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dic
         src = _open_source(config, d)
         out = run / "data" / stage["name"] / f"{k}"
         manifest = pretokenize(src, base, int(stage["size"]), out, num_proc=int(config["data"]["num_proc"]),
-                               max_length=config["data"]["max_length"], progress=progress)
+                               max_length=config["data"]["max_length"], progress=progress, pool=pool)
         print(f"[{stage['name']}] {d['source']}: {skipped_table(manifest)}", flush=True)
         folders.append(out)
     return folders
@@ -287,9 +289,12 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         saved.write_text(json.dumps(clean, indent=1))
     # 1. base components and data (main process; the others wait for them)
     if main:
+        from .pretokenize import worker_pool
+
         base = build_base(config, run, progress)
-        for st in config["stages"]:
-            prepare_stage_data(config, run, base, st, progress)
+        with worker_pool(int(config["data"]["num_proc"])) as pool:
+            for st in config["stages"]:
+                prepare_stage_data(config, run, base, st, progress, pool)
     accelerator.wait_for_everyone()
     base = run / "base"
 
