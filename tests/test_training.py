@@ -274,12 +274,49 @@ def test_mixture_counts_and_batches_are_a_function_of_step(tiny_base, tmp_path):
     r1, c1 = a.micro_batches(3, 2, 1, 2)
     assert count == c0 == c1 and sorted(map(id, sum(one, []))) != []
     assert sorted(len(r.ids) for m in r0 + r1 for r in m) == sorted(len(r.ids) for m in one for r in m)
+    # by length: the same rows and count, in runs of at most 3 rows that keep the length order
+    for world in (1, 2):
+        parts = [a.micro_batches(3, 3, rank, world, by_length=True, pad_to_multiple_of=16) for rank in range(world)]
+        assert all(c == count for _, c in parts) and len({len(m) for m, _ in parts}) == 1
+        runs = [m for p, _ in parts for m in p]
+        assert all(0 < len(m) <= 3 for m in runs)
+        assert [len(r.ids) for m in runs for r in m] != [] and \
+            sorted(len(r.ids) for m in runs for r in m) == sorted(len(r.ids) for m in one for r in m)
     ids, labels = collate(one[0], pad_id=0)
     assert ids.shape == labels.shape and (labels[ids == 0] == IGNORE_INDEX).all()
     assert ids.shape[1] == max(len(r.ids) for r in one[0])
     padded, padded_labels = collate(one[0], pad_id=0, pad_to_multiple_of=64)
     assert padded.shape[1] % 64 == 0 and torch.equal(padded[:, :ids.shape[1]], ids)
     assert (padded_labels[:, ids.shape[1]:] == IGNORE_INDEX).all() and (padded[:, ids.shape[1]:] == 0).all()
+
+
+def test_length_split_cuts_the_sorted_batch_where_padding_costs_most():
+    from diffusers_lumina_mgpt.training.data import MICRO_BATCH_COST, length_split
+
+    lengths = [82, 87, 95, 96, 97, 100, 101, 106, 106, 122, 151, 157, 159, 253, 367]  # ShapesWorld's Omni mixture
+
+    def cost(runs, pad):
+        return sum((b - a) * -(-lengths[b - 1] // pad) * pad + MICRO_BATCH_COST for a, b in runs)
+
+    def every_split(n, max_rows):  # all ways to cut n sorted rows into runs of at most max_rows
+        if n == 0:
+            yield []
+        for k in range(1, min(n, max_rows) + 1):
+            for rest in every_split(n - k, max_rows):
+                yield rest + [(n - k, n)]
+
+    for max_rows, world, pad in ((8, 1, 64), (16, 1, 16), (4, 2, 64), (16, 3, 1)):
+        runs = length_split(lengths, max_rows, world, pad)
+        assert runs[0][0] == 0 and runs[-1][1] == len(lengths) and all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+        assert all(0 < b - a <= max_rows for a, b in runs) and len(runs) % world == 0
+        allowed = [r for r in every_split(len(lengths), max_rows) if len(r) % world == 0]
+        assert cost(runs, pad) == min(cost(r, pad) for r in allowed)
+    # the long multi-turn edits share no run with short rows (two runs of 8 would pad seven short rows to 384)
+    assert length_split(lengths, 8, 1, 64)[-1] == (13, 15)
+    with pytest.raises(ValueError, match="ascending"):
+        length_split([5, 3], 2)
+    with pytest.raises(ValueError, match="multiple of 2 micro-batches of at most 1 rows"):
+        length_split([1, 2, 3], 1, world=2)
 
 
 def test_prompt_dropout_can_be_limited_to_some_tasks(tiny_base, tmp_path):
@@ -403,6 +440,8 @@ def test_config_errors_name_the_key(tmp_path, tiny_base):
         load_train_config(cfg, ["train.lrr=1"])
     with pytest.raises(ValueError, match="multiple of train.micro_batch_size"):
         load_train_config(cfg, ["train.micro_batch_size=3"])
+    with pytest.raises(ValueError, match="train.micro_batching must be 'length'.*or 'fixed'.*got 'lengths'"):
+        load_train_config(cfg, ["train.micro_batching=lengths"])
     assert load_train_config(cfg, ["train.lr=0.5", "stages.1.steps=7"])["stages"][1]["steps"] == 7
     # YAML reads a bare `no` as false; a text setting keeps the word, a boolean one the boolean
     config = load_train_config(cfg, ["train.mixed_precision=no", "train.gradient_checkpointing=yes"])

@@ -50,7 +50,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "batch_size": 32, "micro_batch_size": 16, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.02,
         "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "mixed_precision": "no",
         "gradient_checkpointing": False, "prompt_dropout": 0.1, "prompt_dropout_tasks": None, "checkpoint_every": 200,
-        "keep_checkpoints": 2, "threads": None, "pad_to_multiple_of": 64,
+        "keep_checkpoints": 2, "threads": None, "pad_to_multiple_of": 64, "micro_batching": "length",
     },
     "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?, loss_weight?}]}]
 }
@@ -68,6 +68,9 @@ def check_config(config: dict[str, Any]) -> None:
     tr = config["train"]
     if not isinstance(tr["pad_to_multiple_of"], int) or tr["pad_to_multiple_of"] < 1:
         raise ValueError(f"train.pad_to_multiple_of must be an integer >= 1 (1: no padding), got {tr['pad_to_multiple_of']!r}")
+    if tr["micro_batching"] not in ("length", "fixed"):
+        raise ValueError("train.micro_batching must be 'length' (runs of similar lengths, at most micro_batch_size rows "
+                         f"each) or 'fixed' (runs of micro_batch_size rows), got {tr['micro_batching']!r}")
     if tr["batch_size"] % tr["micro_batch_size"]:
         raise ValueError(f"train.batch_size ({tr['batch_size']}) must be a multiple of train.micro_batch_size "
                          f"({tr['micro_batch_size']})")
@@ -285,7 +288,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
             if _resume_key(before) != _resume_key(clean):
                 raise ValueError(f"{run} holds a run with another config ({config_difference(before, clean)}); "
                                  "resume it with the same config, or use a new "
-                                 "--output-dir (only train.checkpoint_every / keep_checkpoints / threads / pad_to_multiple_of may change)")
+                                 "--output-dir (only train.checkpoint_every / keep_checkpoints / threads / pad_to_multiple_of / "
+                                 "micro_batching may change)")
         saved.write_text(json.dumps(clean, indent=1))
     # 1. base components and data (main process; the others wait for them)
     if main:
@@ -349,7 +353,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                   flush=True)
         while global_step < start + steps:
             t0 = time.perf_counter()
-            micro, supervised = batches.micro_batches(global_step - start, int(tr["micro_batch_size"]), rank, world)
+            micro, supervised = batches.micro_batches(global_step - start, int(tr["micro_batch_size"]), rank, world,
+                                                      tr["micro_batching"] == "length", int(tr["pad_to_multiple_of"]))
             loss_sum = torch.zeros((), device=accelerator.device)
             tokens = torch.zeros((), device=accelerator.device)
             for k, rows in enumerate(micro):
@@ -413,7 +418,7 @@ def _tensorboard(run: Path):
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     c = copy.deepcopy(config)
-    for key in ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of"):
+    for key in ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of", "micro_batching"):
         c.get("train", {}).pop(key, None)
     c.get("data", {}).pop("num_proc", None)
     return c

@@ -1,0 +1,114 @@
+"""Training step time with fixed micro-batches against length-aware ones, on a run's own pre-tokenised data.
+
+`lumina-mgpt train` cuts each global batch (sorted by length) into micro-batches. `train.micro_batching:
+fixed` takes runs of `micro_batch_size` rows; `length` (the default) chooses the runs that minimise padded
+tokens plus a fixed cost per forward (`training/data.py`, `length_split`). The loss is the same sum over the
+same rows either way; this measures what the split costs. In one process, on the global batches of a
+finished run's stage (its `config.json`, `data/STAGE/`, its exported transformer's config, fresh random
+weights), it alternates blocks of steps of each mode and reports the median step time of each, the padded
+tokens per step, and the ratio.
+
+    python benchmarks/train_micro_batching.py runs/vqa3 --threads 2 --steps 40 \
+        --json benchmarks/results/train_micro_batching.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", help="a finished `lumina-mgpt train` output folder (config.json, data/, pipeline/)")
+    ap.add_argument("--stage", type=int, default=-1, help="index of the stage whose data to use (default: the last)")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per mode")
+    ap.add_argument("--block", type=int, default=10, help="steps per mode before switching")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                    help="default: what the run used (`auto`: bf16 where the CPU has it)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from diffusers_lumina_mgpt.training.data import MixtureBatches, PretokenizedDataset, collate
+    from diffusers_lumina_mgpt.training.precision import resolve_mixed_precision
+    from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer, causal_lm_loss
+
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    tr = config["train"]
+    stage_index = args.stage % len(config["stages"])
+    stage = config["stages"][stage_index]
+    datasets = [PretokenizedDataset(run / "data" / stage["name"] / str(k)) for k in range(len(stage["data"]))]
+    transformer_config = json.loads((run / "pipeline" / "transformer" / "config.json").read_text())
+    transformer_config = {k: v for k, v in transformer_config.items() if not k.startswith("_")}
+    from transformers import AutoTokenizer
+
+    from diffusers_lumina_mgpt.vocab import LuminaVocab
+
+    vocab = LuminaVocab.from_tokenizer(AutoTokenizer.from_pretrained(str(run / "base" / "tokenizer")))
+    batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in stage["data"]], int(tr["batch_size"]),
+                             int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
+                             dropout_tasks=tr.get("prompt_dropout_tasks"),
+                             loss_weights=[float(d.get("loss_weight", 1.0)) for d in stage["data"]])
+    precision = args.precision or resolve_mixed_precision(tr["mixed_precision"], cuda=False)
+    bf16 = precision == "bf16"
+    torch.manual_seed(0)
+    model = LuminaMGPTTransformer(**transformer_config).train()
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    z_weight = float(model.config.z_loss_weight)
+    micro_size, pad = int(tr["micro_batch_size"]), int(tr.get("pad_to_multiple_of", 64))
+
+    def step(index: int, by_length: bool) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        micro, supervised = batches.micro_batches(index, micro_size, 0, 1, by_length, pad)
+        padded = 0
+        for rows in micro:
+            ids, labels = collate(rows, vocab.pad_id, pad)
+            padded += ids.numel()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                weights = torch.tensor([r.weight for r in rows]) if batches.weighted else None
+                loss = causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
+            (loss / supervised).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, padded
+
+    results = {"fixed": [], "length": []}
+    for i in range(3):  # warm-up
+        step(i, i % 2 == 0)
+    block = 0
+    while len(results["fixed"]) < args.steps:
+        for mode in ("fixed", "length"):  # both modes time the same global batches
+            for k in range(args.block):
+                results[mode].append(step(1000 + block * args.block + k, mode == "length"))
+        block += 1
+    used = range(1000, 1000 + len(results["fixed"]))
+    real = statistics.mean(sum(len(r.ids) for r in batches.global_batch(i)) for i in used)
+    table = {}
+    for mode, rows in results.items():
+        table[mode] = {"median_step_s": statistics.median(t for t, _ in rows),
+                       "padded_tokens_per_step": statistics.mean(p for _, p in rows)}
+    ratio = table["fixed"]["median_step_s"] / table["length"]["median_step_s"]
+    print(f"run {run}, stage {stage['name']}, {precision}, {args.threads} threads, batch {tr['batch_size']}, "
+          f"micro_batch_size {micro_size}, pad_to_multiple_of {pad}; {real:.0f} real tokens per step")
+    print(f"{'micro_batching':>15s} {'step s (median)':>16s} {'padded tokens':>14s}")
+    for mode, row in table.items():
+        print(f"{mode:>15s} {row['median_step_s']:16.3f} {row['padded_tokens_per_step']:14.0f}")
+    print(f"length-aware is {ratio:.2f}x faster per step")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"run": str(run), "stage": stage["name"], "precision": precision,
+                                               "threads": args.threads, "real_tokens_per_step": real, "modes": table,
+                                               "speedup": ratio}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
