@@ -397,8 +397,8 @@ def test_cell_encoder_codes_depend_only_on_their_cell(tmp_path):
 
 
 def test_cell_encoder_encodes_each_distinct_cell_once():
-    """Repeated cells (a flat background) are encoded once and shared; the latents equal those of every
-    cell encoded by the plain encoder, and the encoder runs on the distinct cells only."""
+    """Without autograd, repeated cells (a flat background) are encoded once and shared; the latents equal
+    those of every cell encoded by the plain encoder, and the encoder runs on the distinct cells only."""
     from diffusers.models.autoencoders.vq_model import VQModel
 
     from diffusers_lumina_mgpt.vq import _from_cells, _to_cells
@@ -416,6 +416,11 @@ def test_cell_encoder_encodes_each_distinct_cell_once():
         every_cell = VQModel.encode(vq, _to_cells(pixels, f)).latents
     assert seen == [3]  # white, red and the random cell
     torch.testing.assert_close(latents, _from_cells(every_cell, 2, 4, 6), rtol=1e-5, atol=1e-6)
+    # training (autograd on) encodes every cell, as before this sharing existed
+    hook = vq.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    trained = vq.encode(pixels).latents
+    hook.remove()
+    assert seen == [3, 48] and trained.requires_grad and torch.equal(trained.detach(), _from_cells(every_cell, 2, 4, 6))
 
 
 @pytest.mark.parametrize("lookup", [False, True])

@@ -134,7 +134,8 @@ class ChameleonVQModel(VQModel):
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """`VQModel.encode`; with `cell_encoder`, each f x f cell of `x` (f the downsample factor) is encoded
-        on its own, so its code is a function of that cell's pixels alone and never of its neighbours."""
+        on its own, so its code is a function of that cell's pixels alone and never of its neighbours. Without
+        autograd, a cell that occurs several times is encoded once."""
         if not self.config.cell_encoder:
             return super().encode(x, return_dict=return_dict)
         f = vq_downsample_factor(self)
@@ -142,10 +143,12 @@ class ChameleonVQModel(VQModel):
         if height % f or width % f:
             raise ValueError(f"a cell encoder needs image sides that are multiples of {f}, got {height}x{width}")
         cells = _to_cells(x, f)
-        # Encode each distinct cell once: pictures repeat cells (background, flat colour) many times over.
-        unique, inverse = torch.unique(cells.flatten(1), dim=0, return_inverse=True)
-        encoded = super().encode(unique.view(-1, *cells.shape[1:])).latents
-        latents = _from_cells(encoded[inverse], b, height // f, width // f)
+        if torch.is_grad_enabled():  # training: every cell (sharing encodings gained nothing there, measured)
+            encoded = super().encode(cells).latents
+        else:  # each distinct cell once: pictures repeat cells (background, flat colour) many times over
+            unique, inverse = torch.unique(cells.flatten(1), dim=0, return_inverse=True)
+            encoded = super().encode(unique.view(-1, *cells.shape[1:])).latents[inverse]
+        latents = _from_cells(encoded, b, height // f, width // f)
         return VQEncoderOutput(latents=latents) if return_dict else (latents,)
 
     @apply_forward_hook
