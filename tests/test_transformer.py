@@ -215,6 +215,36 @@ def test_gradient_checkpointing_and_bf16_autocast() -> None:
     out.loss.backward()
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cpu_bf16_training_attention_matches_sdpa(monkeypatch, kv_heads: int) -> None:
+    """Causal bf16 attention with autograd on a CPU takes `cpu_bf16_causal_attention` (faster than the flash
+    kernel's backward there); its output and gradients match float32 SDPA to bf16 precision. Without
+    autograd, in fp32, or with a mask, `attention` stays SDPA."""
+    from diffusers_lumina_mgpt import kv_cache
+
+    calls = []
+    real = kv_cache.cpu_bf16_causal_attention
+    monkeypatch.setattr(kv_cache, "cpu_bf16_causal_attention", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 37, 16)
+    k, v = torch.randn(2, kv_heads, 37, 16), torch.randn(2, kv_heads, 37, 16)
+    gqa = kv_heads != 4
+    ref_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(*ref_inputs, is_causal=True, enable_gqa=gqa)
+    ref.backward(torch.ones_like(ref))
+    inputs = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out = kv_cache.attention(*inputs, None, is_causal=True, enable_gqa=gqa)
+    out.float().backward(torch.ones_like(ref))
+    assert calls == [1] and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    for a, b in zip(inputs, ref_inputs):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=6e-2, rtol=5e-2)
+    with torch.no_grad():
+        kv_cache.attention(*(t.bfloat16() for t in (q, k, v)), None, is_causal=True, enable_gqa=gqa)
+    kv_cache.attention(*ref_inputs, None, is_causal=True, enable_gqa=gqa)
+    assert calls == [1]
+
+
 def test_residual_dropout_only_in_training() -> None:
     _, model = tiny_pair(residual_dropout=0.5)
     ids = torch.randint(0, VOCAB, (1, 8))

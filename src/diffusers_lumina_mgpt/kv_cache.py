@@ -97,10 +97,16 @@ def cached_attention_mask(
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float = 0.0,
               is_causal: bool = False, enable_gqa: bool = False) -> torch.Tensor:
-    """`F.scaled_dot_product_attention`, except inside a frozen compile (the CPU decode step, see
-    `fast_linear.frozen_compile`) with a mask: there the scores, softmax and weighted sum are written as
-    reductions that inductor fuses into loops streaming the keys and values once. SDPA's CPU kernel costs
-    about 0.1 ms per call for a decode step's query against a few hundred cached slots."""
+    """`F.scaled_dot_product_attention`, except in two places where something else is faster:
+
+    * inside a frozen compile (the CPU decode step, see `fast_linear.frozen_compile`) with a mask: the scores,
+      softmax and weighted sum are written as reductions that inductor fuses into loops streaming the keys
+      and values once (SDPA's CPU kernel costs about 0.1 ms per call for a decode step's query against a few
+      hundred cached slots);
+    * causal bf16 training on a CPU (`cpu_bf16_causal_attention`)."""
+    if (is_causal and mask is None and dropout_p == 0 and torch.is_grad_enabled() and q.device.type == "cpu"
+            and q.dtype == torch.bfloat16 and q.shape[-2] <= CPU_BF16_ATTENTION_MAX_LEN):
+        return cpu_bf16_causal_attention(q, k, v)
     if mask is None or dropout_p > 0 or not frozen_compile():
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal and mask is None, enable_gqa=enable_gqa)
@@ -110,6 +116,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     scores = (q.float()[..., :, None, :] * k.float()[..., None, :, :]).sum(-1) * q.shape[-1] ** -0.5  # (B, H, T, L)
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     return (probs[..., None] * v.float()[..., None, :, :]).sum(-2).to(q.dtype)  # (B, H, T, D)
+
+
+# Longest sequence `attention` sends to `cpu_bf16_causal_attention`: its (B * heads, T, T) scores are held
+# in memory, where the flash kernel streams them.
+CPU_BF16_ATTENTION_MAX_LEN = 1024
+
+
+def cpu_bf16_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of (B, H, T, D) bf16 tensors as two batched matrix products and a float32 softmax.
+
+    PyTorch's CPU flash-attention backward is slow in bf16 at small head sizes: in the shipped ShapesWorld
+    model's training step (head_dim 32, rows of 80-370 tokens, 2 cores with AMX) it took a third of the step,
+    and this form made the step 1.19x faster (docs/benchmarks.md, "Training throughput"). In fp32 the flash
+    kernel is faster, so only bf16 comes here."""
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key/value head serves several query heads
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    t = q.shape[-2]
+    future = torch.full((t, t), float("-inf"), device=q.device, dtype=q.dtype).triu(1)
+    scores = torch.baddbmm(future.expand(q.shape[0] * q.shape[1], t, t), q.flatten(0, 1),
+                           k.flatten(0, 1).transpose(1, 2), alpha=q.shape[-1] ** -0.5)
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return torch.bmm(probs, v.flatten(0, 1)).view(q.shape)
 
 
 def padded_causal_mask(attention_mask: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor | None:

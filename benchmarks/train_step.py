@@ -1,15 +1,15 @@
-"""Training step time with fixed micro-batches against length-aware ones, on a run's own pre-tokenised data.
+"""Training step time on a run's own pre-tokenised data: micro-batching and CPU attention, before and after.
 
 `lumina-mgpt train` cuts each global batch (sorted by length) into micro-batches. `train.micro_batching:
 fixed` takes runs of `micro_batch_size` rows; `length` (the default) chooses the runs that minimise padded
-tokens plus a fixed cost per forward (`training/data.py`, `length_split`). The loss is the same sum over the
-same rows either way; this measures what the split costs. In one process, on the global batches of a
+tokens plus a fixed cost per forward (`training/data.py`, `length_split`). And causal bf16 attention with
+autograd on a CPU goes through `kv_cache.cpu_bf16_causal_attention` instead of SDPA's flash kernel. The
+loss is the same either way; this measures what each costs. In one process, on the global batches of a
 finished run's stage (its `config.json`, `data/STAGE/`, its exported transformer's config, fresh random
-weights), it alternates blocks of steps of each mode and reports the median step time of each, the padded
-tokens per step, and the ratio.
+weights), it alternates blocks of steps of each setting and reports the median step time of each, the
+padded tokens per step, and the ratio to the first (the trainer before 2026-12-07).
 
-    python benchmarks/train_micro_batching.py runs/vqa3 --threads 2 --steps 40 \
-        --json benchmarks/results/train_micro_batching.json
+    python benchmarks/train_step.py runs/vqa3 --threads 2 --steps 40 --json benchmarks/results/train_step.json
 """
 
 from __future__ import annotations
@@ -66,7 +66,15 @@ def main() -> None:
     z_weight = float(model.config.z_loss_weight)
     micro_size, pad = int(tr["micro_batch_size"]), int(tr.get("pad_to_multiple_of", 64))
 
-    def step(index: int, by_length: bool) -> tuple[float, int]:
+    from diffusers_lumina_mgpt import kv_cache
+
+    longest = kv_cache.CPU_BF16_ATTENTION_MAX_LEN
+    settings = {"fixed, SDPA": (False, True), "length, SDPA": (True, True)}
+    if bf16:
+        settings["length, bf16 attention"] = (True, False)
+
+    def step(index: int, by_length: bool, sdpa: bool) -> tuple[float, int]:
+        kv_cache.CPU_BF16_ATTENTION_MAX_LEN = 0 if sdpa else longest
         t0 = time.perf_counter()
         micro, supervised = batches.micro_batches(index, micro_size, 0, 1, by_length, pad)
         padded = 0
@@ -82,32 +90,33 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - t0, padded
 
-    results = {"fixed": [], "length": []}
-    for i in range(3):  # warm-up
-        step(i, i % 2 == 0)
+    results = {name: [] for name in settings}
+    for i, setting in enumerate(settings.values()):  # warm-up
+        step(i, *setting)
     block = 0
-    while len(results["fixed"]) < args.steps:
-        for mode in ("fixed", "length"):  # both modes time the same global batches
+    first = next(iter(settings))
+    while len(results[first]) < args.steps:
+        for name, setting in settings.items():  # every setting times the same global batches
             for k in range(args.block):
-                results[mode].append(step(1000 + block * args.block + k, mode == "length"))
+                results[name].append(step(1000 + block * args.block + k, *setting))
         block += 1
-    used = range(1000, 1000 + len(results["fixed"]))
+    used = range(1000, 1000 + len(results[first]))
     real = statistics.mean(sum(len(r.ids) for r in batches.global_batch(i)) for i in used)
     table = {}
-    for mode, rows in results.items():
-        table[mode] = {"median_step_s": statistics.median(t for t, _ in rows),
-                       "padded_tokens_per_step": statistics.mean(p for _, p in rows)}
-    ratio = table["fixed"]["median_step_s"] / table["length"]["median_step_s"]
+    for name, rows in results.items():
+        median = statistics.median(t for t, _ in rows)
+        table[name] = {"median_step_s": median, "padded_tokens_per_step": statistics.mean(p for _, p in rows)}
+    for name in table:
+        table[name]["speedup"] = table[first]["median_step_s"] / table[name]["median_step_s"]
     print(f"run {run}, stage {stage['name']}, {precision}, {args.threads} threads, batch {tr['batch_size']}, "
           f"micro_batch_size {micro_size}, pad_to_multiple_of {pad}; {real:.0f} real tokens per step")
-    print(f"{'micro_batching':>15s} {'step s (median)':>16s} {'padded tokens':>14s}")
-    for mode, row in table.items():
-        print(f"{mode:>15s} {row['median_step_s']:16.3f} {row['padded_tokens_per_step']:14.0f}")
-    print(f"length-aware is {ratio:.2f}x faster per step")
+    print(f"{'setting':>24s} {'step s (median)':>16s} {'padded tokens':>14s} {'speedup':>8s}")
+    for name, row in table.items():
+        print(f"{name:>24s} {row['median_step_s']:16.3f} {row['padded_tokens_per_step']:14.0f} {row['speedup']:7.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"run": str(run), "stage": stage["name"], "precision": precision,
-                                               "threads": args.threads, "real_tokens_per_step": real, "modes": table,
-                                               "speedup": ratio}, indent=1))
+                                               "threads": args.threads, "real_tokens_per_step": real,
+                                               "settings": table}, indent=1))
 
 
 if __name__ == "__main__":
