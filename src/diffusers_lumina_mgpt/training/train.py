@@ -51,6 +51,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "mixed_precision": "no",
         "gradient_checkpointing": False, "prompt_dropout": 0.1, "prompt_dropout_tasks": None, "checkpoint_every": 200,
         "keep_checkpoints": 2, "threads": None, "pad_to_multiple_of": 64, "micro_batching": "length",
+        "compile": False,
     },
     "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?, loss_weight?}]}]
 }
@@ -68,6 +69,8 @@ def check_config(config: dict[str, Any]) -> None:
     tr = config["train"]
     if not isinstance(tr["pad_to_multiple_of"], int) or tr["pad_to_multiple_of"] < 1:
         raise ValueError(f"train.pad_to_multiple_of must be an integer >= 1 (1: no padding), got {tr['pad_to_multiple_of']!r}")
+    if not isinstance(tr["compile"], bool):
+        raise ValueError(f"train.compile must be true or false, got {tr['compile']!r}")
     if tr["micro_batching"] not in ("length", "fixed"):
         raise ValueError("train.micro_batching must be 'length' (runs of similar lengths, at most micro_batch_size rows "
                          f"each) or 'fixed' (runs of micro_batch_size rows), got {tr['micro_batching']!r}")
@@ -289,7 +292,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                 raise ValueError(f"{run} holds a run with another config ({config_difference(before, clean)}); "
                                  "resume it with the same config, or use a new "
                                  "--output-dir (only train.checkpoint_every / keep_checkpoints / threads / pad_to_multiple_of / "
-                                 "micro_batching may change)")
+                                 "micro_batching / compile may change)")
         saved.write_text(json.dumps(clean, indent=1))
     # 1. base components and data (main process; the others wait for them)
     if main:
@@ -337,6 +340,12 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     world, rank = accelerator.num_processes, accelerator.process_index
     z_weight = float(accelerator.unwrap_model(model).config.z_loss_weight)
 
+    def forward_loss(ids, labels, weights):
+        return causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
+
+    if tr["compile"]:  # the forward and loss, not the module: checkpoints keep their parameter names
+        forward_loss = torch.compile(forward_loss, dynamic=True)
+
     for stage_index, (st, (start, steps)) in enumerate(zip(config["stages"], stage_bounds(config))):
         if global_step >= start + steps:
             continue
@@ -363,9 +372,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                 sync = k == len(micro) - 1
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
-                    logits = model(ids).logits
                     weights = torch.tensor([r.weight for r in rows]) if batches.weighted else None
-                    part = causal_lm_loss(logits, labels, z_weight, reduction="sum", row_weights=weights)
+                    part = forward_loss(ids, labels, weights)
                     accelerator.backward(part * world / supervised)
                 loss_sum += part.detach()
                 tokens += sum(len(r.ids) for r in rows)
@@ -418,7 +426,7 @@ def _tensorboard(run: Path):
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     c = copy.deepcopy(config)
-    for key in ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of", "micro_batching"):
+    for key in ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of", "micro_batching", "compile"):
         c.get("train", {}).pop(key, None)
     c.get("data", {}).pop("num_proc", None)
     return c
