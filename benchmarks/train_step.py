@@ -36,8 +36,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from diffusers_lumina_mgpt.training.data import MixtureBatches, PretokenizedDataset, collate
+    from diffusers_lumina_mgpt.training.data import PretokenizedDataset, collate
     from diffusers_lumina_mgpt.training.precision import resolve_mixed_precision
+    from diffusers_lumina_mgpt.training.train import stage_batches
     from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer, causal_lm_loss
 
     run = Path(args.run)
@@ -53,10 +54,7 @@ def main() -> None:
     from diffusers_lumina_mgpt.vocab import LuminaVocab
 
     vocab = LuminaVocab.from_tokenizer(AutoTokenizer.from_pretrained(str(run / "base" / "tokenizer")))
-    batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in stage["data"]], int(tr["batch_size"]),
-                             int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
-                             dropout_tasks=tr.get("prompt_dropout_tasks"),
-                             loss_weights=[float(d.get("loss_weight", 1.0)) for d in stage["data"]])
+    batches = stage_batches(config, stage_index, datasets, vocab)
     precision = args.precision or resolve_mixed_precision(tr["mixed_precision"], cuda=False)
     bf16 = precision == "bf16"
     torch.manual_seed(0)

@@ -233,17 +233,15 @@ def pretokenize(source: Source, model_dir: str | Path, size: int, out_dir: str |
     bar = tqdm(total=source.num_chunks, initial=len(done), desc=f"pretokenize {source.spec}", disable=not progress)
     args = (str(model_dir), size, max_length)
     if todo:  # a finished folder loads no model
-        with contextlib.ExitStack() as stack:
-            if pool is None:
-                pool = stack.enter_context(worker_pool(num_proc))
-            if pool is None:
+        with contextlib.nullcontext(pool) if pool is not None else worker_pool(num_proc) as workers:
+            if workers is None:
                 for c in todo:
                     _run_chunk(source, c, str(out), *args)
                     bar.update()
                 _WORKER.clear()  # this process keeps no model (its folder may be rewritten before the next call)
             else:
                 n = len(todo)
-                for _ in pool.map(_run_chunk, [source] * n, todo, [str(out)] * n, *([a] * n for a in args)):
+                for _ in workers.map(_run_chunk, [source] * n, todo, [str(out)] * n, *([a] * n for a in args)):
                     bar.update()
     bar.close()
     shards = [json.loads((out / f"{shard_name(c)}.json").read_text()) for c in range(source.num_chunks)]

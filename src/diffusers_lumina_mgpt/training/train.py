@@ -219,6 +219,17 @@ def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dic
     return folders
 
 
+def stage_batches(config: dict[str, Any], stage_index: int, datasets: list, vocab):
+    """The `MixtureBatches` of stage `stage_index` over its pre-tokenised `datasets` (one per data entry)."""
+    from .data import MixtureBatches
+
+    tr, st = config["train"], config["stages"][stage_index]
+    return MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in st["data"]], int(tr["batch_size"]),
+                          int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
+                          dropout_tasks=tr["prompt_dropout_tasks"],
+                          loss_weights=[float(d.get("loss_weight", 1.0)) for d in st["data"]])
+
+
 # ----------------------------------------------------------------------------- model
 def build_transformer(config: dict[str, Any], base: Path):
     from transformers import AutoTokenizer
@@ -270,7 +281,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
 
     from ..transformer import causal_lm_loss
     from ..vocab import LuminaVocab
-    from .data import MixtureBatches, PretokenizedDataset, collate
+    from .data import PretokenizedDataset, collate
 
     run = Path(output_dir)
     tr = config["train"]
@@ -352,10 +363,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         if global_step == start and start > 0:
             optimizer.optimizer.state = defaultdict(dict)  # a stage starts with fresh AdamW moments
         datasets = [PretokenizedDataset(run / "data" / st["name"] / f"{k}") for k in range(len(st["data"]))]
-        batches = MixtureBatches(datasets, [float(d.get("ratio", 1.0)) for d in st["data"]], int(tr["batch_size"]),
-                                 int(config["seed"]), stage_index, float(tr["prompt_dropout"]), vocab.boi_id, vocab.eoi_id,
-                                 dropout_tasks=tr["prompt_dropout_tasks"],
-                                 loss_weights=[float(d.get("loss_weight", 1.0)) for d in st["data"]])
+        batches = stage_batches(config, stage_index, datasets, vocab)
         if main and tr["prompt_dropout"] > 0 and not batches.can_drop:
             print(f"[{st['name']}] no prompt is dropped in this stage: no row's task is in train.prompt_dropout_tasks "
                   f"{tr['prompt_dropout_tasks']} (its tasks: {sorted({t for ds in datasets for t in ds.tasks})})",
