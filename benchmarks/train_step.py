@@ -38,7 +38,7 @@ def main() -> None:
 
     from diffusers_lumina_mgpt.training.data import PretokenizedDataset, collate
     from diffusers_lumina_mgpt.training.precision import resolve_mixed_precision
-    from diffusers_lumina_mgpt.training.train import stage_batches
+    from diffusers_lumina_mgpt.training.train import stage_batches, stage_data_folders
     from diffusers_lumina_mgpt.transformer import LuminaMGPTTransformer, causal_lm_loss
 
     run = Path(args.run)
@@ -46,7 +46,7 @@ def main() -> None:
     tr = config["train"]
     stage_index = args.stage % len(config["stages"])
     stage = config["stages"][stage_index]
-    datasets = [PretokenizedDataset(run / "data" / stage["name"] / str(k)) for k in range(len(stage["data"]))]
+    datasets = [PretokenizedDataset(folder) for folder in stage_data_folders(config, run, stage_index)]
     transformer_config = json.loads((run / "pipeline" / "transformer" / "config.json").read_text())
     transformer_config = {k: v for k, v in transformer_config.items() if not k.startswith("_")}
     from transformers import AutoTokenizer

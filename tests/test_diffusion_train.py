@@ -190,7 +190,7 @@ def test_full_recipe_uses_the_ar_recipes_text_to_image_records():
     from diffusers_lumina_mgpt.training.diffusion_train import build_unet
 
     config = load_diffusion_config(EXAMPLES / "diffusion.yaml")
-    ar = yaml.safe_load((EXAMPLES / "default.yaml").read_text())
+    ar = yaml.safe_load((EXAMPLES / "fpsft.yaml").read_text())
     ar_t2i = sorted((d["n"], d.get("seed", ar["seed"])) for st in ar["stages"] for d in st["data"]
                     if d["source"] == "shapes:t2i")
     assert sorted((d["n"], d["seed"]) for d in config["data"]["sources"]) == ar_t2i

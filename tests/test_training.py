@@ -495,6 +495,55 @@ def test_compiled_training_matches_eager(tiny_base, tmp_path):
         torch.testing.assert_close(exported[key], reference[key], rtol=1e-3, atol=1e-4)
 
 
+def test_stage_average_shared_records_and_export_defaults(tiny_base, tmp_path):
+    """`export.average_stages` exports the mean of the weights at the end of those stages; a data entry that an
+    earlier stage holds is tokenised once and read from there; `export` writes the sampling defaults."""
+    from safetensors.torch import load_file
+
+    from diffusers_lumina_mgpt.pipelines import LuminaMGPTPipeline
+    from diffusers_lumina_mgpt.training.train import stage_data_folders, train
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_base, checkpoint_every=1000)
+    stages = ("stages=[{name: a, size: 48, steps: 3, data: [{source: 'shapes:t2i', n: 16}]},"
+              "{name: b, size: 64, steps: 3, data: [{source: 'shapes:t2i', n: 16, ratio: 0.5}, {source: 'shapes:vqa', n: 8}]},"
+              "{name: c, size: 64, steps: 3, lr: 0.001, data: [{source: 'shapes:t2i', n: 16}, {source: 'shapes:vqa', n: 8, seed: 5}]}]")
+    export = ["export.average_stages=[b, c]", "export.guidance_scale=2.0", "export.image_top_k=3",
+              "export.edit_image_top_k=1"]
+    config = load_train_config(cfg, [stages, *export])
+    run = tmp_path / "run"
+    train(config, run, progress=False)
+    assert stage_data_folders(config, run, 2) == [run / "data" / "b" / "0", run / "data" / "c" / "1"]
+    assert stage_data_folders(config, run, 1)[0] != stage_data_folders(config, run, 0)[0]  # another size
+    assert sorted(p.name for p in (run / "data" / "c").iterdir()) == ["1"]
+    b, c = (load_file(str(run / "stage-weights" / f"{n}.safetensors")) for n in "bc")
+    pipe = LuminaMGPTPipeline.from_pretrained(str(run / "pipeline"))
+    exported = pipe.transformer.state_dict()
+    assert exported.keys() == b.keys() == c.keys()
+    for key in b:
+        torch.testing.assert_close(exported[key], 0.5 * b[key] + 0.5 * c[key], rtol=0, atol=0)
+    assert not torch.equal(exported[key], c[key])  # not the last stage's weights
+    assert pipe.config.default_guidance_scale == 2.0 and pipe.config.default_edit_image_top_k == 1
+    assert pipe.scheduler.config.image_top_k == 3
+    # a checkpoint exports as the weights it holds (the last stage's), with the run's sampling defaults
+    from diffusers_lumina_mgpt.training.checkpoints import latest_checkpoint
+    from diffusers_lumina_mgpt.training.train import export_checkpoint
+
+    single = LuminaMGPTPipeline.from_pretrained(str(export_checkpoint(latest_checkpoint(run), tmp_path / "ckpt")))
+    assert all(torch.equal(v, c[k]) for k, v in single.transformer.state_dict().items())
+    assert single.config.default_guidance_scale == 2.0 and single.scheduler.config.image_top_k == 3
+    # the sampling defaults may change when a finished run is re-run; what it trains on may not
+    train(load_train_config(cfg, [stages, *export, "export.guidance_scale=1.5"]), run, progress=False)
+    assert LuminaMGPTPipeline.from_pretrained(str(run / "pipeline")).config.default_guidance_scale == 1.5
+    with pytest.raises(ValueError, match=r"export\.average_stages\.0: 'b' -> 'a'"):
+        train(load_train_config(cfg, [stages, *export[1:], "export.average_stages=[a, c]"]), run, progress=False)
+    for bad, match in (("export.average_stages=[b]", "two or more different stage names"),
+                       ("export.average_stages=[b, zz]", r"names \['zz'\], which are not stages"),
+                       ("export.guidance_scale=0.5", "export.guidance_scale must be a number >= 1"),
+                       ("export.image_top_k=0", "export.image_top_k must be a whole number >= 1")):
+        with pytest.raises(ValueError, match=match):
+            load_train_config(cfg, [stages, bad])
+
+
 def test_sigkill_resume_and_two_processes_match_one(tiny_base, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", tiny_base)
     whole = tmp_path / "whole"
@@ -571,6 +620,33 @@ def test_train_vq_learns_resumes_and_reports(tmp_path):
     assert reloaded.config.num_vq_embeddings == 64 and reloaded.config.pixel_norm is True
     assert any(isinstance(m, PixelNorm) for m in reloaded.modules())
     assert whole["flat_code_entropy"] is None or whole["flat_code_entropy"] >= 0
+
+
+def test_train_vq_in_bf16_autocast_keeps_code_search_in_float32(tmp_path):
+    """`train.mixed_precision: bf16` runs the VQ encoder and decoder in autocast; the latents, the nearest-code
+    search and the losses stay float32."""
+    from diffusers_lumina_mgpt.training.vq_train import (load_vq_config, shapes_images, to_pixels, train_vq,
+                                                         vq_losses, vq_model_from_config)
+    from diffusers_lumina_mgpt.vq import vq_nearest_codes
+
+    config = load_vq_config(None, ["model.block_out_channels=[8, 8, 16, 16]", "model.num_vq_embeddings=64",
+                                   "model.latent_channels=8"])
+    torch.manual_seed(0)
+    vqvae = vq_model_from_config(config["model"])
+    pixels = torch.stack([to_pixels(im.crop((0, 0, 32, 32))) for im in shapes_images(4, 0, [1.0])])
+    loss, parts, codes, latents = vq_losses(vqvae, pixels, 0.25, 1.0, torch.bfloat16)
+    fp32 = vq_losses(vqvae, pixels, 0.25, 1.0)
+    assert latents.dtype == loss.dtype == torch.float32
+    assert torch.equal(codes, vq_nearest_codes(vqvae.quantize.embedding.weight.detach(), latents.detach()))
+    assert not torch.equal(latents, fp32[3]) and torch.allclose(latents, fp32[3], atol=0.1, rtol=0.05)  # autocast ran
+    loss.backward()
+    assert all(p.grad is not None for p in vqvae.encoder.parameters())
+    overrides = ["train.steps=4", "data.shapes=20", "data.eval_images=4", "train.batch_size=4", "train.threads=1",
+                 "model.block_out_channels=[8, 8, 16, 16]", "model.num_vq_embeddings=64", "model.latent_channels=8"]
+    report = train_vq(load_vq_config(None, [*overrides, "train.mixed_precision=bf16"]), tmp_path / "a", progress=False)
+    assert len(read_metrics(tmp_path / "a")) == 4 and 5 < report["psnr"] < 60
+    with pytest.raises(ValueError, match="train.mixed_precision of train-vq must be 'no'.*got 'fp8'"):
+        train_vq(load_vq_config(None, [*overrides, "train.mixed_precision=fp8"]), tmp_path / "b", progress=False)
 
 
 def test_train_vq_with_cell_encoder_and_decoder(tmp_path):
@@ -718,12 +794,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_example_configs_are_valid():
     from diffusers_lumina_mgpt.training.vq_train import load_vq_config
 
-    for name in ("smoke.yaml", "default.yaml"):
+    for name in ("smoke.yaml", "fpsft.yaml", "default.yaml"):
         config = load_train_config(EXAMPLES / "shapesworld" / name)
         assert [s["size"] for s in config["stages"]] == sorted(s["size"] for s in config["stages"])  # FP-SFT: low -> high
         load_vq_config(Path(config["_config_dir"]) / config["vq_recipe"])
-    # the FP-SFT control differs from the recipe only in its stages: one, at the final size
-    default, control = (load_train_config(EXAMPLES / "shapesworld" / n) for n in ("default.yaml", "one-stage.yaml"))
+    # the FP-SFT control differs from the FP-SFT recipe only in its stages: one, at the final size
+    default, control = (load_train_config(EXAMPLES / "shapesworld" / n) for n in ("fpsft.yaml", "one-stage.yaml"))
     assert control["train"] == default["train"] and control["model"] == default["model"]
     assert [s["size"] for s in control["stages"]] == [default["stages"][-1]["size"]]
     more = {}
@@ -758,6 +834,20 @@ def test_example_configs_are_valid():
     assert set(refine) == set(probe) and abs(sum(d["ratio"] for d in refine.values()) - 1.0) < 1e-9
     assert all(refine[s]["seed"] != probe[s]["seed"] and refine[s].get("loss_weight", 1) == probe[s].get("loss_weight", 1)
                for s in probe)
+    # the one-command recipe is the FP-SFT stages, then each stage of the chain that made the shipped folder with
+    # that run's learning rate and warmup, exported as the mean of the three VQA stages with the shipped sampling
+    recipe = load_train_config(EXAMPLES / "shapesworld" / "default.yaml")
+    chain = ["default-position.yaml", "default-position-2.yaml", "default-yesno.yaml", "default-wide.yaml",
+             "default-vqa.yaml", "default-vqa-2.yaml", "default-vqa-3.yaml"]
+    assert recipe["stages"][:2] == default["stages"] and len(recipe["stages"]) == 2 + len(chain)
+    for st, name in zip(recipe["stages"][2:], chain):
+        ran = more[name]
+        assert {k: v for k, v in st.items() if k != "name"} == {**{k: v for k, v in ran["stages"][0].items() if k != "name"},
+                                                                 "lr": ran["train"]["lr"], "warmup": ran["train"]["warmup"]}
+    assert {**recipe["train"], "compile": False} == default["train"] and recipe["train"]["compile"]
+    assert recipe["model"] == default["model"] and recipe["vq_recipe"] == default["vq_recipe"]
+    assert recipe["export"] == {"average_stages": [st["name"] for st in recipe["stages"][-3:]], "guidance_scale": 2.0,
+                                "image_top_k": 3, "edit_image_top_k": 1}
     # the wide stage: the probe's records plus 80x48 text-to-image ones (seed 5), taken from the text-to-image shares
     wide = {d["source"]: d for d in more["default-wide.yaml"]["stages"][0]["data"]}
     assert set(wide) == set(probe) | {"shapes:t2i@80x48", "shapes:t2i:position@80x48"}

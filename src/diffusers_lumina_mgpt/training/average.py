@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -65,26 +65,46 @@ def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Seq
                          "would delete them: choose a new folder")
     first = LuminaMGPTPipeline.from_pretrained(str(paths[0]))
     arch = {k: v for k, v in first.transformer.config.items() if not k.startswith("_")}
-    state = first.transformer.state_dict()
-    total = {k: weights[0] * v.float() for k, v in state.items()}
-    for path, w in zip(paths[1:], weights[1:]):
-        other = LuminaMGPTTransformer.from_pretrained(str(path), subfolder="transformer")
-        other_arch = {k: v for k, v in other.config.items() if not k.startswith("_")}
-        if other_arch != arch:
-            diff = sorted(k for k in set(arch) | set(other_arch) if arch.get(k) != other_arch.get(k))
-            raise ValueError(f"{path}'s transformer config differs from {paths[0]}'s in {diff}: only fine-tunes of one "
-                             "architecture can be averaged")
-        if not _same_state(load_vqvae(Path(path) / "vqvae"), first.vqvae):
-            raise ValueError(f"{path}'s vqvae differs from {paths[0]}'s: the image codes would mean different things; "
-                             "average only transformers trained on the same VQ tokenizer")
-        if AutoTokenizer.from_pretrained(str(Path(path) / "tokenizer")).get_vocab() != first.tokenizer.get_vocab():
-            raise ValueError(f"{path}'s tokenizer differs from {paths[0]}'s: token ids would mean different things; "
-                             "average only fine-tunes of one base model")
-        for k, v in other.state_dict().items():
-            total[k] += w * v.float()
-        del other
-    first.transformer.load_state_dict({k: total[k].to(state[k].dtype) for k in state})
+
+    def states():  # checked and loaded one at a time: one other transformer in memory besides the sum
+        yield weights[0], first.transformer.state_dict()
+        for path, w in zip(paths[1:], weights[1:]):
+            other = LuminaMGPTTransformer.from_pretrained(str(path), subfolder="transformer")
+            other_arch = {k: v for k, v in other.config.items() if not k.startswith("_")}
+            if other_arch != arch:
+                diff = sorted(k for k in set(arch) | set(other_arch) if arch.get(k) != other_arch.get(k))
+                raise ValueError(f"{path}'s transformer config differs from {paths[0]}'s in {diff}: only fine-tunes of "
+                                 "one architecture can be averaged")
+            if not _same_state(load_vqvae(Path(path) / "vqvae"), first.vqvae):
+                raise ValueError(f"{path}'s vqvae differs from {paths[0]}'s: the image codes would mean different "
+                                 "things; average only transformers trained on the same VQ tokenizer")
+            if AutoTokenizer.from_pretrained(str(Path(path) / "tokenizer")).get_vocab() != first.tokenizer.get_vocab():
+                raise ValueError(f"{path}'s tokenizer differs from {paths[0]}'s: token ids would mean different things; "
+                                 "average only fine-tunes of one base model")
+            yield w, other.state_dict()
+
+    first.transformer.load_state_dict(weighted_mean_state(states()))
     return save_pipeline(first, out)
 
 
-__all__ = ["average_pipelines"]
+def weighted_mean_state(weighted: Iterable[tuple[float, Mapping[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """`sum_i w_i * state_i` over `(w_i, state_i)` pairs, taken one at a time; summed in float32 and each
+    tensor cast back to the first state's dtype. The states must have the same keys and shapes."""
+    total: dict[str, torch.Tensor] | None = None
+    dtypes: dict[str, torch.dtype] = {}
+    for w, state in weighted:
+        if total is None:
+            total = {k: w * v.float() for k, v in state.items()}
+            dtypes = {k: v.dtype for k, v in state.items()}
+            continue
+        if state.keys() != total.keys() or any(state[k].shape != total[k].shape for k in total):
+            raise ValueError("the weights to average hold different parameters (names or shapes): only fine-tunes of "
+                             "one architecture can be averaged")
+        for k, v in state.items():
+            total[k] += w * v.float()
+    if total is None:
+        raise ValueError("nothing to average: no weights were given")
+    return {k: v.to(dtypes[k]) for k, v in total.items()}
+
+
+__all__ = ["average_pipelines", "weighted_mean_state"]

@@ -3,7 +3,9 @@
 One run folder `DIR` holds everything:
   DIR/vq/            the VQ tokenizer when the config trains one (`vq_recipe`)
   DIR/base/          tokenizer/ and vqvae/ of the run (copied from a pipeline, or built here)
-  DIR/data/STAGE/K/  the stage's pre-tokenised datasets (resumable, verified on load)
+  DIR/data/STAGE/K/  the stage's pre-tokenised datasets (resumable, verified on load); a data entry that an
+                     earlier stage already holds (same size, source, n and seed) is read from that stage's folder
+  DIR/stage-weights/ NAME.safetensors: the weights at the end of each stage named in export.average_stages
   DIR/checkpoints/   step-N/ accelerate states (model, optimiser, LR schedule, RNGs) + trainer_state.json
   DIR/metrics.jsonl  one line per optimiser step: step, stage, loss, lr, grad_norm, tokens_per_s
   DIR/pipeline/      the finished diffusers pipeline folder
@@ -54,7 +56,19 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "compile": False,
     },
     "stages": [],  # [{name, size, steps, lr?, warmup?, data: [{source, n?, ratio, seed?, loss_weight?}]}]
+    "export": {
+        # stage names: the exported transformer is the mean of the weights at the end of these stages (a model
+        # soup of fine-tunes that start from one another, `lumina-mgpt average`); empty: the final weights
+        "average_stages": [],
+        # sampling defaults written into the exported folder (null: the pipeline's own): model_index.json's
+        # default_guidance_scale and default_edit_image_top_k, the scheduler's image_top_k
+        "guidance_scale": None, "image_top_k": None, "edit_image_top_k": None,
+    },
 }
+# settings a run may change when it is resumed: they change neither its batches nor its weights
+RESUMABLE_CHANGES = {"train": ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of", "micro_batching",
+                               "compile"),
+                     "data": ("num_proc",), "export": ("guidance_scale", "image_top_k", "edit_image_top_k")}
 
 
 # ----------------------------------------------------------------------------- config
@@ -115,9 +129,27 @@ def check_config(config: dict[str, Any]) -> None:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
                 raise ValueError(f"stages[{i}].data[{j}].loss_weight must be a positive number (1: every supervised "
                                  f"token counts once), got {weight!r}")
+    check_export(config)
     model = config["model"]
     if bool(model["pretrained"]) == bool(model["new"]):
         raise ValueError("set exactly one of model.pretrained (a pipeline folder) and model.new (a size spec)")
+
+
+def check_export(config: dict[str, Any]) -> None:
+    ex, names = config["export"], [st["name"] for st in config["stages"]]
+    avg = ex["average_stages"]
+    if not isinstance(avg, list) or (avg and (len(avg) < 2 or len(set(avg)) != len(avg))):
+        raise ValueError(f"export.average_stages must list two or more different stage names (or be empty), got {avg!r}")
+    unknown = [a for a in avg if a not in names]
+    if unknown:
+        raise ValueError(f"export.average_stages names {unknown}, which are not stages of this config ({names})")
+    g = ex["guidance_scale"]
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 1):
+        raise ValueError(f"export.guidance_scale must be a number >= 1 (1: no guidance) or null, got {g!r}")
+    for key in ("image_top_k", "edit_image_top_k"):
+        k = ex[key]
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"export.{key} must be a whole number >= 1 or null, got {k!r}")
 
 
 def stage_bounds(config: dict[str, Any]) -> list[tuple[int, int]]:
@@ -203,19 +235,33 @@ def _open_source(config: dict[str, Any], d: dict[str, Any]):
     return open_source(spec, d.get("n"), int(d.get("seed", config["seed"])), config["data"]["chunk_size"])
 
 
-def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage: dict[str, Any], progress: bool,
+def stage_data_folders(config: dict[str, Any], run: Path, stage_index: int) -> list[Path]:
+    """The pre-tokenised folder of each data entry of stage `stage_index`: DIR/data/STAGE/K, or the folder of
+    the first earlier entry with the same size, source, n and seed (the same records, tokenised once)."""
+    def key(st, d):
+        return int(st["size"]), str(d["source"]), d.get("n"), int(d.get("seed", config["seed"]))
+
+    first: dict[tuple, Path] = {}
+    for st in config["stages"][:stage_index + 1]:
+        folders = [first.setdefault(key(st, d), run / "data" / st["name"] / f"{k}") for k, d in enumerate(st["data"])]
+    return folders
+
+
+def prepare_stage_data(config: dict[str, Any], run: Path, base: Path, stage_index: int, progress: bool,
                        pool=None) -> list[Path]:
-    """Pre-tokenise a stage's sources into DIR/data/STAGE/K; `pool`: a `pretokenize.worker_pool` to use."""
+    """Pre-tokenise stage `stage_index`'s sources (`stage_data_folders`); `pool`: a `pretokenize.worker_pool`."""
     from .pretokenize import pretokenize, skipped_table
 
-    folders = []
-    for k, d in enumerate(stage["data"]):
+    stage = config["stages"][stage_index]
+    folders = stage_data_folders(config, run, stage_index)
+    for d, out in zip(stage["data"], folders):
+        if out.parent.name != stage["name"]:
+            print(f"[{stage['name']}] {d['source']}: the records of {out.parent.name}/{out.name}", flush=True)
+            continue
         src = _open_source(config, d)
-        out = run / "data" / stage["name"] / f"{k}"
         manifest = pretokenize(src, base, int(stage["size"]), out, num_proc=int(config["data"]["num_proc"]),
                                max_length=config["data"]["max_length"], progress=progress, pool=pool)
         print(f"[{stage['name']}] {d['source']}: {skipped_table(manifest)}", flush=True)
-        folders.append(out)
     return folders
 
 
@@ -258,17 +304,29 @@ def freeze(transformer, patterns: list[str]) -> int:
     return frozen
 
 
-def export_pipeline(transformer, base: Path, out: Path, default_size: int, scheduler_config: dict | None = None) -> Path:
-    """Write a complete `LuminaMGPTPipeline` folder from a transformer and the run's base components."""
+def export_pipeline(transformer, base: Path, out: Path, default_size: int, scheduler_config: dict | None = None,
+                    export: dict[str, Any] | None = None) -> Path:
+    """Write a complete `LuminaMGPTPipeline` folder from a transformer and the run's base components, with the
+    sampling defaults of a config's `export` section where it sets them."""
     from transformers import AutoTokenizer
 
     from ..pipelines import LuminaMGPTPipeline
     from ..schedulers import LuminaMGPTARScheduler
     from .pretokenize import load_vqvae
 
-    scheduler = LuminaMGPTARScheduler(**(scheduler_config or {}))
+    export = export or {}
+    scheduler_config = dict(scheduler_config or {})
+    if export.get("image_top_k") is not None:
+        scheduler_config["image_top_k"] = int(export["image_top_k"])
+    defaults = {}
+    if export.get("guidance_scale") is not None:
+        defaults["default_guidance_scale"] = float(export["guidance_scale"])
+    if export.get("edit_image_top_k") is not None:
+        defaults["default_edit_image_top_k"] = int(export["edit_image_top_k"])
+    scheduler = LuminaMGPTARScheduler(**scheduler_config)
     pipe = LuminaMGPTPipeline(tokenizer=AutoTokenizer.from_pretrained(str(base / "tokenizer")), transformer=transformer,
-                              vqvae=load_vqvae(base / "vqvae"), scheduler=scheduler, default_size=int(default_size))
+                              vqvae=load_vqvae(base / "vqvae"), scheduler=scheduler, default_size=int(default_size),
+                              **defaults)
     return save_pipeline(pipe, out)
 
 
@@ -299,11 +357,12 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
         latest = latest_checkpoint(run)
         if latest is not None and saved.is_file():
             before = json.loads(saved.read_text())
+            before.setdefault("export", copy.deepcopy(TRAIN_DEFAULTS["export"]))  # a run from before `export`
             if _resume_key(before) != _resume_key(clean):
                 raise ValueError(f"{run} holds a run with another config ({config_difference(before, clean)}); "
                                  "resume it with the same config, or use a new "
-                                 "--output-dir (only train.checkpoint_every / keep_checkpoints / threads / pad_to_multiple_of / "
-                                 "micro_batching / compile may change)")
+                                 "--output-dir (only " + ", ".join(f"{s}.{k}" for s, keys in RESUMABLE_CHANGES.items()
+                                                                    for k in keys) + " may change)")
         saved.write_text(json.dumps(clean, indent=1))
     # 1. base components and data (main process; the others wait for them)
     if main:
@@ -311,8 +370,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
 
         base = build_base(config, run, progress)
         with worker_pool(int(config["data"]["num_proc"])) as pool:
-            for st in config["stages"]:
-                prepare_stage_data(config, run, base, st, progress, pool)
+            for stage_index in range(len(config["stages"])):
+                prepare_stage_data(config, run, base, stage_index, progress, pool)
     accelerator.wait_for_everyone()
     base = run / "base"
 
@@ -362,7 +421,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
             continue
         if global_step == start and start > 0:
             optimizer.optimizer.state = defaultdict(dict)  # a stage starts with fresh AdamW moments
-        datasets = [PretokenizedDataset(run / "data" / st["name"] / f"{k}") for k in range(len(st["data"]))]
+        datasets = [PretokenizedDataset(folder) for folder in stage_data_folders(config, run, stage_index)]
         batches = stage_batches(config, stage_index, datasets, vocab)
         if main and tr["prompt_dropout"] > 0 and not batches.can_drop:
             print(f"[{st['name']}] no prompt is dropped in this stage: no row's task is in train.prompt_dropout_tasks "
@@ -403,6 +462,10 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                         board.add_scalar(f"{key}/{st['name']}" if key == "loss" else key, row[key], global_step)
             bar.update()
             bar.set_postfix(stage=st["name"], loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if global_step == start + steps and st["name"] in config["export"]["average_stages"]:
+                weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers)
+                if main:
+                    _save_stage_weights(run, st["name"], weights)
             if global_step % int(tr["checkpoint_every"]) == 0 or global_step == start + steps:
                 save_checkpoint(run, global_step, {"stage": st["name"], "stage_index": stage_index,
                                                    "stage_step": global_step - start},
@@ -415,12 +478,39 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     weights = accelerator.get_state_dict(model)  # gathers FSDP shards; every process takes part
     if main:
         final = build_transformer(config, base)
-        final.load_state_dict(weights)
+        final.load_state_dict(_stage_weights_mean(run, config) if config["export"]["average_stages"] else weights)
         default = config["model"]["default_size"] or config["stages"][-1]["size"]
-        export_pipeline(final.eval(), base, out, int(default))
+        export_pipeline(final.eval(), base, out, int(default), export=config["export"])
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def _save_stage_weights(run: Path, name: str, weights: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    folder = run / "stage-weights"
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
+    tmp.rename(folder / f"{name}.safetensors")  # written whole before the stage's last checkpoint
+
+
+def _stage_weights_mean(run: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain mean of the weights saved at the end of each stage in export.average_stages."""
+    from safetensors.torch import load_file
+
+    from .average import weighted_mean_state
+
+    names = config["export"]["average_stages"]
+    files = [run / "stage-weights" / f"{name}.safetensors" for name in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"export.average_stages needs the weights at the end of each stage, and {missing} "
+                                "are missing (a run started before those stages were listed): export the last "
+                                "checkpoint with `lumina-mgpt export`, or average stage pipelines with "
+                                "`lumina-mgpt average`")
+    return weighted_mean_state((1.0 / len(files), load_file(str(f))) for f in files)
 
 
 def _tensorboard(run: Path):
@@ -434,9 +524,9 @@ def _tensorboard(run: Path):
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     c = copy.deepcopy(config)
-    for key in ("checkpoint_every", "keep_checkpoints", "threads", "pad_to_multiple_of", "micro_batching", "compile"):
-        c.get("train", {}).pop(key, None)
-    c.get("data", {}).pop("num_proc", None)
+    for section, keys in RESUMABLE_CHANGES.items():
+        for key in keys:
+            c.get(section, {}).pop(key, None)
     return c
 
 
@@ -482,7 +572,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, default_size: int
     run_cfg = json.loads((ckpt / "run_config.json").read_text())
     size = default_size or run_cfg["model"]["default_size"] or next(
         st["size"] for st in run_cfg["stages"] if st["name"] == state["stage"])
-    return export_pipeline(transformer.eval(), run / "base", Path(out), int(size))
+    # the run's sampling defaults; `export.average_stages` does not apply: a checkpoint is one point of the run
+    return export_pipeline(transformer.eval(), run / "base", Path(out), int(size), export=run_cfg.get("export"))
 
 
 __all__ = ["TRAIN_DEFAULTS", "export_checkpoint", "learning_rate", "load_train_config", "train"]

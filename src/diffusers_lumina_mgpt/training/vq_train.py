@@ -29,6 +29,7 @@ from PIL import Image
 
 from .checkpoints import MetricsLog, latest_checkpoint, load_plain_state, read_state, save_checkpoint, save_plain_state
 from .config import load_config, positive, resolve_path
+from .precision import resolve_mixed_precision
 
 VQ_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -45,6 +46,9 @@ VQ_DEFAULTS: dict[str, Any] = {
         "steps": 3000, "batch_size": 48, "crop": 32, "lr": 2e-3, "warmup": 100, "beta": 0.25,
         "restart_every": 100, "checkpoint_every": 500, "keep_checkpoints": 2, "threads": None,
         "mse_weight": 1.0,
+        # "no" (fp32), "bf16" or "auto" (bf16 where the hardware has it natively): the encoder and decoder run
+        # in autocast; code search, the codebook and every loss stay float32
+        "mixed_precision": "no",
         # crop corners on multiples of this (1 = anywhere): a world whose objects sit on a grid the
         # tokenizer's cells divide (ShapesWorld's 8 px) then shows the encoder only the phases it will encode
         "crop_grid": 1,
@@ -147,13 +151,20 @@ def quantize(vqvae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, quant
 
 
-def vq_losses(vqvae, pixels: torch.Tensor, beta: float, mse_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
-    latents = vqvae.encode(pixels).latents
+def vq_losses(vqvae, pixels: torch.Tensor, beta: float, mse_weight: float = 1.0,
+              autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """The training loss and its parts, the codes and the latents of `pixels`. With `autocast_dtype`
+    (e.g. torch.bfloat16) the encoder and decoder run in autocast; the nearest-code search, the codebook
+    and the losses stay in float32, so low precision never picks a code."""
+    autocast = torch.autocast(pixels.device.type, autocast_dtype, enabled=autocast_dtype is not None)
+    with autocast:
+        latents = vqvae.encode(pixels).latents.float()
     codes, quant = quantize(vqvae, latents)
     codebook_loss = F.mse_loss(quant, latents.detach())
     commit_loss = F.mse_loss(latents, quant.detach())
     straight = latents + (quant - latents).detach()
-    recon = vqvae.decode(straight, force_not_quantize=True).sample
+    with autocast:
+        recon = vqvae.decode(straight, force_not_quantize=True).sample.float()
     rec_loss = F.l1_loss(recon, pixels) + mse_weight * F.mse_loss(recon, pixels)
     loss = rec_loss + codebook_loss + beta * commit_loss
     parts = {"recon": float(rec_loss.detach()), "codebook": float(codebook_loss.detach()), "commit": float(commit_loss.detach())}
@@ -277,6 +288,11 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
     tr = config["train"]
     positive(config, "train.steps", "train.batch_size", "train.crop", "train.lr", "train.checkpoint_every",
              "train.crop_grid")
+    if tr["mixed_precision"] not in ("no", "bf16", "auto"):
+        raise ValueError("train.mixed_precision of train-vq must be 'no' (fp32), bf16 or auto (bf16 where the CPU or "
+                         "GPU multiplies it natively; write 'no' in quotes: YAML reads a bare no as false), got "
+                         f"{tr['mixed_precision']!r}")
+    autocast_dtype = torch.bfloat16 if resolve_mixed_precision(tr["mixed_precision"], cuda=False) == "bf16" else None
     if config["train"]["threads"]:
         torch.set_num_threads(int(config["train"]["threads"]))
     final = out / "vqvae"
@@ -325,7 +341,7 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
         t0 = time.perf_counter()
         rng = np.random.default_rng([config["seed"], step])  # batch = f(seed, step): resume-exact
         pixels = random_crops(pool, int(tr["batch_size"]), crop, rng, grid)
-        loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"], float(tr["mse_weight"]))
+        loss, parts, codes, latents = vq_losses(vqvae, pixels, tr["beta"], float(tr["mse_weight"]), autocast_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
