@@ -82,6 +82,7 @@ def average_pipelines(paths: Sequence[str | Path], out: str | Path, weights: Seq
                 raise ValueError(f"{path}'s tokenizer differs from {paths[0]}'s: token ids would mean different things; "
                                  "average only fine-tunes of one base model")
             yield w, other.state_dict()
+            del other
 
     first.transformer.load_state_dict(weighted_mean_state(states()))
     return save_pipeline(first, out)
@@ -102,6 +103,7 @@ def weighted_mean_state(weighted: Iterable[tuple[float, Mapping[str, torch.Tenso
                              "one architecture can be averaged")
         for k, v in state.items():
             total[k] += w * v.float()
+        del state  # before the next one loads
     if total is None:
         raise ValueError("nothing to average: no weights were given")
     return {k: v.to(dtypes[k]) for k, v in total.items()}

@@ -211,9 +211,13 @@ def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
         else:
             raise ValueError("a new model needs model.vqvae (a VQModel folder) or vq_recipe (a train-vq config)")
         vqvae = load_vqvae(vq_dir)
-        texts = []
+        texts, seen = [], set()
         for st in config["stages"]:
             for d in st["data"]:
+                key = (str(d["source"]), d.get("n"), int(d.get("seed", config["seed"])))
+                if key in seen:  # the same records in another stage: sampled once
+                    continue
+                seen.add(key)
                 src = _open_source(config, d)
                 for c in range(min(src.num_chunks, 4)):  # a sample of each source is enough for a BPE
                     texts += [t["value"] for r in src.chunk(c) if isinstance(r, Record) for t in r.conversations]
@@ -466,6 +470,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
                 weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers)
                 if main:
                     _save_stage_weights(run, st["name"], weights)
+                del weights
             if global_step % int(tr["checkpoint_every"]) == 0 or global_step == start + steps:
                 save_checkpoint(run, global_step, {"stage": st["name"], "stage_index": stage_index,
                                                    "stage_step": global_step - start},
@@ -506,10 +511,10 @@ def _stage_weights_mean(run: Path, config: dict[str, Any]) -> dict[str, torch.Te
     files = [run / "stage-weights" / f"{name}.safetensors" for name in names]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"export.average_stages needs the weights at the end of each stage, and {missing} "
-                                "are missing (a run started before those stages were listed): export the last "
-                                "checkpoint with `lumina-mgpt export`, or average stage pipelines with "
-                                "`lumina-mgpt average`")
+        raise FileNotFoundError(f"export.average_stages needs the weights saved at the end of each of its stages, and "
+                                f"{missing} are missing (DIR/stage-weights/ deleted, or not copied with the run): "
+                                "re-train those stages in a new --output-dir, or export a checkpoint alone with "
+                                "`lumina-mgpt export`")
     return weighted_mean_state((1.0 / len(files), load_file(str(f))) for f in files)
 
 
@@ -570,6 +575,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, default_size: int
     transformer = LuminaMGPTTransformer(**cfg)
     transformer.load_state_dict(load_file(str(weights)))
     run_cfg = json.loads((ckpt / "run_config.json").read_text())
+    if (run / "config.json").is_file():  # the run's current sampling defaults (they may change on a re-run)
+        run_cfg["export"] = json.loads((run / "config.json").read_text()).get("export", run_cfg.get("export"))
     size = default_size or run_cfg["model"]["default_size"] or next(
         st["size"] for st in run_cfg["stages"] if st["name"] == state["stage"])
     # the run's sampling defaults; `export.average_stages` does not apply: a checkpoint is one point of the run

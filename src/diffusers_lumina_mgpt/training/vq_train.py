@@ -154,8 +154,8 @@ def quantize(vqvae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def vq_losses(vqvae, pixels: torch.Tensor, beta: float, mse_weight: float = 1.0,
               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
     """The training loss and its parts, the codes and the latents of `pixels`. With `autocast_dtype`
-    (e.g. torch.bfloat16) the encoder and decoder run in autocast; the nearest-code search, the codebook
-    and the losses stay in float32, so low precision never picks a code."""
+    (e.g. torch.bfloat16) the encoder and decoder run in autocast; the latents come out as float32, and
+    the nearest-code search, the codebook and the losses stay float32."""
     autocast = torch.autocast(pixels.device.type, autocast_dtype, enabled=autocast_dtype is not None)
     with autocast:
         latents = vqvae.encode(pixels).latents.float()
