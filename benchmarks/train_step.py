@@ -10,6 +10,10 @@ weights), it alternates blocks of steps of each setting and reports the median s
 padded tokens per step, and the ratio to the first (the trainer before 2026-12-07).
 
     python benchmarks/train_step.py runs/vqa3 --threads 2 --steps 40 --json benchmarks/results/train_step.json
+
+`--variant micro=16 --variant pad=32 ...` compares the trainer's current step (length-aware micro-batches, the
+run's micro_batch_size and pad_to_multiple_of) with the same step at other micro-batch sizes and paddings
+instead; `--compile` wraps the forward and loss in `torch.compile(dynamic=True)` as `train.compile` does.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                     help="default: what the run used (`auto`: bf16 where the CPU has it)")
+    ap.add_argument("--variant", action="append", default=[], metavar="micro=M,pad=P",
+                    help="compare the current step with these micro_batch_size / pad_to_multiple_of (repeatable)")
+    ap.add_argument("--compile", action="store_true", help="compile the forward and loss, as train.compile does")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,11 +74,27 @@ def main() -> None:
     from diffusers_lumina_mgpt import kv_cache
 
     longest = kv_cache.CPU_BF16_ATTENTION_MAX_LEN
-    settings = {"fixed, SDPA": (False, True), "length, SDPA": (True, True)}
-    if bf16:
-        settings["length, bf16 attention"] = (True, False)
+    # a setting: (length-aware, SDPA attention, micro_batch_size, pad_to_multiple_of)
+    if args.variant:
+        settings = {f"now (micro {micro_size}, pad {pad})": (True, not bf16, micro_size, pad)}
+        for text in args.variant:
+            v = dict(part.split("=") for part in text.split(","))
+            m, q = int(v.pop("micro", micro_size)), int(v.pop("pad", pad))
+            if v:
+                ap.error(f"--variant knows micro= and pad=, got {sorted(v)}")
+            settings[f"micro {m}, pad {q}"] = (True, not bf16, m, q)
+    else:  # the trainer before and after 2026-12-07
+        settings = {"fixed, SDPA": (False, True, micro_size, pad), "length, SDPA": (True, True, micro_size, pad)}
+        if bf16:
+            settings["length, bf16 attention"] = (True, False, micro_size, pad)
 
-    def step(index: int, by_length: bool, sdpa: bool) -> tuple[float, int]:
+    def forward_loss(ids, labels, weights):
+        return causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
+
+    if args.compile:
+        forward_loss = torch.compile(forward_loss, dynamic=True)
+
+    def step(index: int, by_length: bool, sdpa: bool, micro_size: int, pad: int) -> tuple[float, int]:
         kv_cache.CPU_BF16_ATTENTION_MAX_LEN = 0 if sdpa else longest
         t0 = time.perf_counter()
         micro, supervised = batches.micro_batches(index, micro_size, 0, 1, by_length, pad)
@@ -81,7 +104,7 @@ def main() -> None:
             padded += ids.numel()
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 weights = torch.tensor([r.weight for r in rows]) if batches.weighted else None
-                loss = causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
+                loss = forward_loss(ids, labels, weights)
             (loss / supervised).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -89,8 +112,9 @@ def main() -> None:
         return time.perf_counter() - t0, padded
 
     results = {name: [] for name in settings}
-    for i, setting in enumerate(settings.values()):  # warm-up
-        step(i, *setting)
+    for i, setting in enumerate(settings.values()):  # warm-up (and compiling)
+        for k in range(3 if args.compile else 1):
+            step(10 * i + k, *setting)
     block = 0
     first = next(iter(settings))
     while len(results[first]) < args.steps:
@@ -107,13 +131,15 @@ def main() -> None:
     for name in table:
         table[name]["speedup"] = table[first]["median_step_s"] / table[name]["median_step_s"]
     print(f"run {run}, stage {stage['name']}, {precision}, {args.threads} threads, batch {tr['batch_size']}, "
-          f"micro_batch_size {micro_size}, pad_to_multiple_of {pad}; {real:.0f} real tokens per step")
+          f"micro_batch_size {micro_size}, pad_to_multiple_of {pad}, {'compiled' if args.compile else 'eager'}; "
+          f"{real:.0f} real tokens per step")
     print(f"{'setting':>24s} {'step s (median)':>16s} {'padded tokens':>14s} {'speedup':>8s}")
     for name, row in table.items():
         print(f"{name:>24s} {row['median_step_s']:16.3f} {row['padded_tokens_per_step']:14.0f} {row['speedup']:7.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"run": str(run), "stage": stage["name"], "precision": precision,
-                                               "threads": args.threads, "real_tokens_per_step": real,
+                                               "threads": args.threads, "compiled": args.compile,
+                                               "real_tokens_per_step": real,
                                                "settings": table}, indent=1))
 
 
