@@ -214,7 +214,7 @@ def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
         texts, seen = [], set()
         for st in config["stages"]:
             for d in st["data"]:
-                key = (str(d["source"]), d.get("n"), int(d.get("seed", config["seed"])))
+                key = records_key(config, d)
                 if key in seen:  # the same records in another stage: sampled once
                     continue
                 seen.add(key)
@@ -236,18 +236,21 @@ def _open_source(config: dict[str, Any], d: dict[str, Any]):
 
     spec = str(d["source"])
     spec = spec if spec.startswith("shapes:") else str(resolve_path(config, spec))
-    return open_source(spec, d.get("n"), int(d.get("seed", config["seed"])), config["data"]["chunk_size"])
+    return open_source(spec, d.get("n"), records_key(config, d)[2], config["data"]["chunk_size"])
+
+
+def records_key(config: dict[str, Any], d: dict[str, Any]) -> tuple[str, int | None, int]:
+    """(source, n, seed) of a stage's data entry: entries with the same key hold the same records."""
+    return str(d["source"]), d.get("n"), int(d.get("seed", config["seed"]))
 
 
 def stage_data_folders(config: dict[str, Any], run: Path, stage_index: int) -> list[Path]:
     """The pre-tokenised folder of each data entry of stage `stage_index`: DIR/data/STAGE/K, or the folder of
     the first earlier entry with the same size, source, n and seed (the same records, tokenised once)."""
-    def key(st, d):
-        return int(st["size"]), str(d["source"]), d.get("n"), int(d.get("seed", config["seed"]))
-
     first: dict[tuple, Path] = {}
     for st in config["stages"][:stage_index + 1]:
-        folders = [first.setdefault(key(st, d), run / "data" / st["name"] / f"{k}") for k, d in enumerate(st["data"])]
+        folders = [first.setdefault((int(st["size"]), *records_key(config, d)), run / "data" / st["name"] / f"{k}")
+                   for k, d in enumerate(st["data"])]
     return folders
 
 
