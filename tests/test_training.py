@@ -851,7 +851,10 @@ def test_example_configs_are_valid():
         ran = more[name]
         assert {k: v for k, v in st.items() if k != "name"} == {**{k: v for k, v in ran["stages"][0].items() if k != "name"},
                                                                  "lr": ran["train"]["lr"], "warmup": ran["train"]["warmup"]}
-    assert {**recipe["train"], "compile": False} == default["train"] and recipe["train"]["compile"]
+    # the same training as the chain's, compiled and in bigger, less padded micro-batches (speed settings only)
+    speed = {"compile": True, "micro_batch_size": 16, "pad_to_multiple_of": 16}
+    assert {**recipe["train"], **{k: default["train"][k] for k in speed}} == default["train"]
+    assert {k: recipe["train"][k] for k in speed} == speed
     assert recipe["model"] == default["model"] and recipe["vq_recipe"] == default["vq_recipe"]
     assert recipe["export"] == {"average_stages": [st["name"] for st in recipe["stages"][-3:]], "guidance_scale": 2.0,
                                 "image_top_k": 3, "edit_image_top_k": 1}
