@@ -3,6 +3,7 @@ compatibility, call-state properties a callback may change, and latent outputs."
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -122,3 +123,29 @@ def test_encode_prompt_with_the_text_components_only(pipe, tiny_pipe_dir):
     assert torch.equal(text_only.encode_negative_prompt(None, 64, 32), pipe.encode_negative_prompt(None, 64, 32))
     tokens = text_only("a red circle", height=64, width=32, image_top_k=1, output_type="tokens").images
     assert torch.equal(tokens, pipe("a red circle", height=64, width=32, image_top_k=1, output_type="tokens").images)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_weights_get_the_umask_mode_like_the_other_files(pipe, tmp_path):
+    """safetensors 0.8 creates its files 0600 (a temporary file renamed into place); a saved folder's weights get
+    the mode its JSON files have, so another account can load it."""
+    from safetensors.torch import save_file
+
+    from diffusers_lumina_mgpt.file_modes import umask_modes
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.safetensors"
+        save_file({"x": torch.zeros(2)}, str(plain))
+        written = stat.S_IMODE(plain.stat().st_mode)
+        assert umask_modes(plain) == ([plain] if written == 0o600 else [])
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o644
+        out = tmp_path / "saved"
+        pipe.save_pretrained(out)
+        weights = sorted(out.rglob("*.safetensors"))
+        assert {p.parent.name for p in weights} >= {"transformer", "vqvae"}
+        assert {stat.S_IMODE(p.stat().st_mode) for p in [*weights, out / "model_index.json"]} == {0o644}
+        os.chmod(plain, 0o640)  # a mode someone chose is kept
+        assert umask_modes(tmp_path) == [] and stat.S_IMODE(plain.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -524,6 +524,13 @@ def test_stage_average_shared_records_and_export_defaults(tiny_base, tmp_path):
     for key in b:
         torch.testing.assert_close(exported[key], 0.5 * b[key] + 0.5 * c[key], rtol=0, atol=0)
     assert not torch.equal(exported[key], c[key])  # not the last stage's weights
+    # every weights file of the run (data shards, checkpoints, stage weights, base, export) has the mode the
+    # run's JSON files have, not the 0600 safetensors 0.8 creates its files with
+    from diffusers_lumina_mgpt.file_modes import default_file_mode
+
+    written = sorted(run.rglob("*.safetensors"))
+    assert {p.relative_to(run).parts[0] for p in written} == {"base", "checkpoints", "data", "pipeline", "stage-weights"}
+    assert {p.stat().st_mode & 0o777 for p in [*written, run / "config.json"]} == {default_file_mode()}
     assert pipe.config.default_guidance_scale == 2.0 and pipe.config.default_edit_image_top_k == 1
     assert pipe.scheduler.config.image_top_k == 3
     # a checkpoint exports as the weights it holds (the last stage's), with the run's sampling defaults
@@ -621,6 +628,9 @@ def test_train_vq_learns_resumes_and_reports(tmp_path):
     reloaded = ChameleonVQModel.from_pretrained(str(tmp_path / "a" / "vqvae"))
     assert reloaded.config.num_vq_embeddings == 64 and reloaded.config.pixel_norm is True
     assert any(isinstance(m, PixelNorm) for m in reloaded.modules())
+    from diffusers_lumina_mgpt.file_modes import default_file_mode  # readable like its JSON files
+
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "a").rglob("*.safetensors")} == {default_file_mode()}
     assert whole["flat_code_entropy"] is None or whole["flat_code_entropy"] >= 0
 
 

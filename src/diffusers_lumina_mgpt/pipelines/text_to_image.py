@@ -146,11 +146,15 @@ class LuminaMGPTPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """diffusers' `save_pretrained`, plus a loader module so that `DiffusionPipeline.from_pretrained(folder,
-        trust_remote_code=True)` finds this class offline (model_index.json names `[module file, class]`)."""
+        trust_remote_code=True)` finds this class offline (model_index.json names `[module file, class]`). The
+        weights get the umask's file mode, as the folder's other files (`file_modes.umask_modes`)."""
         import json
         import os
 
+        from ..file_modes import umask_modes
+
         super().save_pretrained(save_directory, *args, **kwargs)
+        umask_modes(save_directory)
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)

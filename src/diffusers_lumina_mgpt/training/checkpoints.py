@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..file_modes import umask_modes
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
@@ -59,6 +61,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], write
     barrier()
     if is_main:
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+        umask_modes(tmp)
         if final.exists():  # re-saving the same step (e.g. the end of a resumed run)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -102,6 +105,7 @@ def save_pipeline(pipe: Any, out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp))
+    umask_modes(tmp)  # diffusers' own pipelines too (the diffusion baseline)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

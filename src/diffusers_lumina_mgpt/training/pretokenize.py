@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..file_modes import umask_modes
 from .records import SKIP_REASONS, Record, Skip, Source, load_images, set_t2i_size
 
 FORMAT_VERSION = 1
@@ -154,6 +155,7 @@ def write_shard(out: Path, c: int, rows: list[tuple[np.ndarray, np.ndarray, str]
     name = shard_name(c)
     tmp = out / f".{name}.safetensors.tmp"
     save_file({"input_ids": ids, "labels": labels, "offsets": offsets}, str(tmp))
+    umask_modes(tmp)
     os.replace(tmp, out / f"{name}.safetensors")
     meta = {"file": f"{name}.safetensors", "rows": len(rows), "tokens": int(len(ids)),
             "sha256": sha256_file(out / f"{name}.safetensors"), "tasks": [r[2] for r in rows],

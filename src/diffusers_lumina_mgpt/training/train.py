@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..file_modes import umask_modes
 from .checkpoints import MetricsLog, latest_checkpoint, read_state, save_checkpoint, save_pipeline
 from .config import load_config, positive, resolve_path
 from .precision import PRECISIONS, resolve_mixed_precision
@@ -225,6 +226,7 @@ def build_base(config: dict[str, Any], run: Path, progress: bool) -> Path:
                                          int(model["max_grid"]))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         vqvae.save_pretrained(str(tmp / "vqvae"))
+        umask_modes(tmp)
     shutil.rmtree(base, ignore_errors=True)
     tmp.rename(base)
     return base
@@ -501,6 +503,7 @@ def _save_stage_weights(run: Path, name: str, weights: dict[str, torch.Tensor]) 
     folder.mkdir(exist_ok=True)
     tmp = folder / f".{name}.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
+    umask_modes(tmp)
     tmp.rename(folder / f"{name}.safetensors")  # written whole before the stage's last checkpoint
 
 

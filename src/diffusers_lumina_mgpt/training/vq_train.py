@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..file_modes import umask_modes
 from .checkpoints import MetricsLog, latest_checkpoint, load_plain_state, read_state, save_checkpoint, save_plain_state
 from .config import load_config, positive, resolve_path
 from .precision import resolve_mixed_precision
@@ -364,6 +365,7 @@ def train_vq(config: dict[str, Any], output_dir: str | Path, progress: bool = Tr
     if not data["folder"] and data["eval_images"] >= 50:
         report["shapes_round_trip_pass"] = shapes_round_trip(model, int(data["eval_images"]))
     model.save_pretrained(str(final))
+    umask_modes(final)
     (out / "vq_eval.json").write_text(json.dumps(report, indent=1))
     return report
 
