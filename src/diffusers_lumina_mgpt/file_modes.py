@@ -16,9 +16,15 @@ PRIVATE = 0o600  # the mode safetensors' temporary files are created with
 
 
 def default_file_mode() -> int:
-    """The mode a new file gets from `open()` under the process umask (0o644 under umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode a new file gets from `open()` under the process umask (0o644 under umask 022). Linux reports
+    the umask in /proc; elsewhere it is read by setting it and back, which another thread creating a file at
+    that instant would see."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
