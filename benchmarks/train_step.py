@@ -12,8 +12,11 @@ padded tokens per step, and the ratio to the first (the trainer before 2026-12-0
     python benchmarks/train_step.py runs/vqa3 --threads 2 --steps 40 --json benchmarks/results/train_step.json
 
 `--variant micro=16 --variant pad=32 ...` compares the trainer's current step (length-aware micro-batches, the
-run's micro_batch_size and pad_to_multiple_of) with the same step at other micro-batch sizes and paddings
-instead; `--compile` wraps the forward and loss in `torch.compile(dynamic=True)` as `train.compile` does.
+run's micro_batch_size and pad_to_multiple_of, RoPE from its table, fused AdamW) with the same step at other
+micro-batch sizes and paddings instead, or with RoPE computed in place (`rope=direct`) or foreach AdamW
+(`adamw=foreach`) or with the compiled graphs' wrapper in Python (`wrapper=python`), as the trainer did before
+2026-12-08; `--compile` wraps the forward and loss in `torch.compile(dynamic=True)` as `train.compile` does
+(with `cpp_wrapper` on a CPU).
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                     help="default: what the run used (`auto`: bf16 where the CPU has it)")
-    ap.add_argument("--variant", action="append", default=[], metavar="micro=M,pad=P",
-                    help="compare the current step with these micro_batch_size / pad_to_multiple_of (repeatable)")
+    ap.add_argument("--variant", action="append", default=[],
+                    metavar="micro=M,pad=P,rope=direct,adamw=foreach,wrapper=python",
+                    help="compare the current step with these micro_batch_size / pad_to_multiple_of, RoPE computed "
+                         "in place, foreach AdamW, a Python wrapper of the compiled graphs (repeatable)")
     ap.add_argument("--compile", action="store_true", help="compile the forward and loss, as train.compile does")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -67,35 +72,50 @@ def main() -> None:
     torch.manual_seed(0)
     model = LuminaMGPTTransformer(**transformer_config).train()
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizers = {"fused": torch.optim.AdamW(params, lr=1e-4, fused=True), "foreach": torch.optim.AdamW(params, lr=1e-4)}
+    model.rope_table(int(config["data"]["max_length"]), torch.device("cpu"))
+    table_rope = model._rope
     z_weight = float(model.config.z_loss_weight)
     micro_size, pad = int(tr["micro_batch_size"]), int(tr.get("pad_to_multiple_of", 64))
 
     from diffusers_lumina_mgpt import kv_cache
 
     longest = kv_cache.CPU_BF16_ATTENTION_MAX_LEN
-    # a setting: (length-aware, SDPA attention, micro_batch_size, pad_to_multiple_of)
+    # a setting: (length-aware, SDPA attention, micro_batch_size, pad_to_multiple_of, RoPE table, AdamW, wrapper)
     if args.variant:
-        settings = {f"now (micro {micro_size}, pad {pad})": (True, not bf16, micro_size, pad)}
+        settings = {f"now (micro {micro_size}, pad {pad})": (True, not bf16, micro_size, pad, True, "fused", "cpp")}
         for text in args.variant:
             v = dict(part.split("=") for part in text.split(","))
             m, q = int(v.pop("micro", micro_size)), int(v.pop("pad", pad))
-            if v:
-                ap.error(f"--variant knows micro= and pad=, got {sorted(v)}")
-            settings[f"micro {m}, pad {q}"] = (True, not bf16, m, q)
+            rope, adamw, wrapper = v.pop("rope", "table"), v.pop("adamw", "fused"), v.pop("wrapper", "cpp")
+            if v or rope not in ("table", "direct") or adamw not in optimizers or wrapper not in ("cpp", "python"):
+                ap.error("--variant knows micro=, pad=, rope=table|direct, adamw=fused|foreach and "
+                         f"wrapper=cpp|python, got {text!r}")
+            name = ", ".join([f"micro {m}, pad {q}"] + [f"rope {rope}"] * (rope != "table")
+                             + [f"adamw {adamw}"] * (adamw != "fused") + [f"{wrapper} wrapper"] * (wrapper != "cpp"))
+            settings[name] = (True, not bf16, m, q, rope == "table", adamw, wrapper)
     else:  # the trainer before and after 2026-12-07
-        settings = {"fixed, SDPA": (False, True, micro_size, pad), "length, SDPA": (True, True, micro_size, pad)}
+        settings = {"fixed, SDPA": (False, True, micro_size, pad, True, "fused", "cpp"),
+                    "length, SDPA": (True, True, micro_size, pad, True, "fused", "cpp")}
         if bf16:
-            settings["length, bf16 attention"] = (True, False, micro_size, pad)
+            settings["length, bf16 attention"] = (True, False, micro_size, pad, True, "fused", "cpp")
 
     def forward_loss(ids, labels, weights):
         return causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
 
-    if args.compile:
-        forward_loss = torch.compile(forward_loss, dynamic=True)
+    losses = {"cpp": forward_loss, "python": forward_loss}
+    if args.compile:  # as train.compile does on a CPU (cpp), and as it did before 2026-12-08 (python)
+        losses = {"cpp": torch.compile(forward_loss, dynamic=True, options={"cpp_wrapper": True}),
+                  "python": torch.compile(forward_loss, dynamic=True)}
 
-    def step(index: int, by_length: bool, sdpa: bool, micro_size: int, pad: int) -> tuple[float, int]:
+    def direct_rope(position_ids, dtype, bound):  # cos and sin computed where they are used, as before
+        return table_rope(position_ids, dtype, None)
+
+    def step(index: int, by_length: bool, sdpa: bool, micro_size: int, pad: int, table: bool,
+             adamw: str, wrapper: str) -> tuple[float, int]:
         kv_cache.CPU_BF16_ATTENTION_MAX_LEN = 0 if sdpa else longest
+        model._rope = table_rope if table else direct_rope
+        optimizer, loss_of = optimizers[adamw], losses[wrapper]
         t0 = time.perf_counter()
         micro, supervised = batches.micro_batches(index, micro_size, 0, 1, by_length, pad)
         padded = 0
@@ -104,7 +124,7 @@ def main() -> None:
             padded += ids.numel()
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 weights = torch.tensor([r.weight for r in rows]) if batches.weighted else None
-                loss = forward_loss(ids, labels, weights)
+                loss = loss_of(ids, labels, weights)
             (loss / supervised).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -271,6 +271,29 @@ def test_fused_projections_are_exact_views() -> None:
     assert attn.fused_weight is None and torch.equal(model(ids).logits.detach(), before)
 
 
+def test_rope_table_rows_equal_positions_computed_in_place() -> None:
+    """Default positions read cos/sin from `rope_table` (grown past max_position_embeddings when a longer
+    sequence comes); explicit position_ids compute them in place. Both give the same logits, bit for bit,
+    left-padded rows included."""
+    from diffusers_lumina_mgpt.transformer import rope_tables
+
+    _, model = tiny_pair(max_position_embeddings=16)
+    ids = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        from_table = model(ids).logits
+        in_place = model(ids, position_ids=torch.arange(40)[None].expand(2, 40)).logits
+        mask = torch.ones(2, 40, dtype=torch.long)
+        mask[1, :7] = 0
+        padded = model(ids, attention_mask=mask).logits
+        padded_in_place = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    assert torch.equal(from_table, in_place) and torch.equal(padded, padded_in_place)
+    cos, sin = model.rope_table(40, torch.device("cpu"))
+    assert cos.shape == sin.shape == (40, 16)
+    expected = rope_tables(torch.arange(40), model.inverse_frequencies(torch.device("cpu")), torch.float32)
+    assert torch.equal(cos, expected[0]) and torch.equal(sin, expected[1])
+    assert model.rope_table(10, torch.device("cpu"))[0] is cos  # kept, not rebuilt
+
+
 def test_logits_to_keep() -> None:
     _, model = tiny_pair()
     ids = torch.randint(0, VOCAB, (2, 9))

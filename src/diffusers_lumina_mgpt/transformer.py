@@ -267,6 +267,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.kv_cache: StaticKVCache | None = None
         self._inv_freq: torch.Tensor | None = None
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None  # see rope_table()
         self._lm_head_rows = WeightRows()  # code-only logits inside an image: 8192 of 65536 lm_head rows
 
     # ------------------------------------------------------------------ cache
@@ -354,9 +355,28 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
             inv = self._inv_freq = 1.0 / (self.config.rope_theta**exponent)
         return inv
 
-    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin (B, T, head_dim) for integer positions (B, T), computed in float32 like transformers."""
-        return rope_tables(position_ids, self.inverse_frequencies(position_ids.device), dtype)
+    def rope_table(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin (N, head_dim) of the positions [0, N), N >= `length` (at least
+        max_position_embeddings), computed once per device and grown when a longer sequence comes. A compiled
+        step guards on it, so a caller sets it eagerly first (`lumina-mgpt train` does, for data.max_length)."""
+        table = self._rope_table
+        if table is None or table[0].shape[0] < length or table[0].device != torch.device(device):
+            n = max(int(length), int(self.config.max_position_embeddings))
+            cos, sin = rope_tables(torch.arange(n, device=device), self.inverse_frequencies(device), torch.float32)
+            table = self._rope_table = (cos, sin)
+        return table
+
+    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype, bound: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (B, T, head_dim) for integer positions (B, T), computed in float32 like transformers.
+
+        When every position is known to lie below `bound`, they are rows of `rope_table` (the same values:
+        the same float32 operations per position). Computed in place, a compiled training step recomputes
+        cos and sin inside every kernel that reads them, in every layer, forward and backward
+        (docs/benchmarks.md, "RoPE table")."""
+        if bound is None:
+            return rope_tables(position_ids, self.inverse_frequencies(position_ids.device), dtype)
+        cos, sin = self.rope_table(bound, position_ids.device)
+        return cos[position_ids].to(dtype), sin[position_ids].to(dtype)
 
     def forward(
         self,
@@ -406,6 +426,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
                     f"cache_position must lie in [0, {cache.max_seq_len}); got max {kv_len - 1}. "
                     "Call setup_cache with a larger max_seq_len."
                 )
+            bound = None if position_ids is not None else kv_len  # the default positions are cache slots < kv_len
             if position_ids is None:
                 position_ids = cache_position[None].expand(batch, seq)
             mask = cached_attention_mask(cache_position, kv_len, batch, kv_mask)
@@ -414,6 +435,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
                 raise ValueError("cache_position / kv_mask need a KV cache: call setup_cache(...) first.")
             if attention_mask is not None and attention_mask.shape != (batch, seq):
                 raise ValueError(f"attention_mask must have shape {(batch, seq)}, got {tuple(attention_mask.shape)}.")
+            bound = None if position_ids is not None else seq  # the default positions are below seq
             if position_ids is None:
                 if attention_mask is None:
                     position_ids = torch.arange(seq, device=device)[None].expand(batch, seq)
@@ -421,7 +443,7 @@ class LuminaMGPTTransformer(ModelMixin, ConfigMixin):
                     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             mask = padded_causal_mask(attention_mask, seq, device)
             is_causal = mask is None
-        cos, sin = self._rope(position_ids, x.dtype)
+        cos, sin = self._rope(position_ids, x.dtype, bound)
 
         with _attention_backends(x.device, cache is not None):
             for layer in self.model.layers:

@@ -396,8 +396,11 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     vocab = LuminaVocab.from_tokenizer(AutoTokenizer.from_pretrained(str(base / "tokenizer")))
     decay = [p for n, p in transformer.named_parameters() if p.requires_grad and p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in transformer.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "embed" not in n)]
+    # fused AdamW on a CPU: one kernel over all parameters instead of a dozen foreach ops (7 ms a step against
+    # 20 for the 5.9M-parameter recipe; docs/benchmarks.md, "Training step")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tr["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=1.0, betas=tuple(tr["betas"]))
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=1.0, betas=tuple(tr["betas"]),
+                                  fused=True if accelerator.device.type == "cpu" else None)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(config, s))
     # the schedule stays a plain LambdaLR: accelerate's wrapper steps it once per process, which would
     # advance the LR N times per step on N processes; it is checkpointed as a registered object instead
@@ -422,8 +425,13 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     def forward_loss(ids, labels, weights):
         return causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
 
+    # RoPE's table set eagerly for the longest row: the compiled step guards on it
+    accelerator.unwrap_model(model).rope_table(int(config["data"]["max_length"]), accelerator.device)
     if tr["compile"]:  # the forward and loss, not the module: checkpoints keep their parameter names
-        forward_loss = torch.compile(forward_loss, dynamic=True)
+        # on a CPU, the graphs' wrapper in C++ instead of Python: 1.07x a step for the recipe's model, for
+        # about a minute more of compiling (docs/benchmarks.md, "Training step")
+        options = {"cpp_wrapper": True} if accelerator.device.type == "cpu" else None
+        forward_loss = torch.compile(forward_loss, dynamic=True, options=options)
 
     for stage_index, (st, (start, steps)) in enumerate(zip(config["stages"], stage_bounds(config))):
         if global_step >= start + steps:
