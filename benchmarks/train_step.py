@@ -15,7 +15,7 @@ padded tokens per step, and the ratio to the first (the trainer before 2026-12-0
 run's micro_batch_size and pad_to_multiple_of, RoPE from its table, fused AdamW) with the same step at other
 micro-batch sizes and paddings instead, or with RoPE computed in place (`rope=direct`) or foreach AdamW
 (`adamw=foreach`) or with the compiled graphs' wrapper in Python (`wrapper=python`), as the trainer did before
-2026-12-08; `--compile` wraps the forward and loss in `torch.compile(dynamic=True)` as `train.compile` does
+the evening of 2026-12-07; `--compile` wraps the forward and loss in `torch.compile(dynamic=True)` as `train.compile` does
 (with `cpp_wrapper` on a CPU).
 """
 
@@ -104,7 +104,7 @@ def main() -> None:
         return causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
 
     losses = {"cpp": forward_loss, "python": forward_loss}
-    if args.compile:  # as train.compile does on a CPU (cpp), and as it did before 2026-12-08 (python)
+    if args.compile:  # as train.compile does on a CPU (cpp), and as it did until 2026-12-07 (python)
         losses = {"cpp": torch.compile(forward_loss, dynamic=True, options={"cpp_wrapper": True}),
                   "python": torch.compile(forward_loss, dynamic=True)}
 
