@@ -397,7 +397,7 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     decay = [p for n, p in transformer.named_parameters() if p.requires_grad and p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in transformer.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "embed" not in n)]
     # fused AdamW on a CPU: one kernel over all parameters instead of a dozen foreach ops (7 ms a step against
-    # 20 for the 5.9M-parameter recipe; docs/benchmarks.md, "Training step")
+    # 20 for the 5.9M-parameter recipe; docs/benchmarks.md, "RoPE table, fused AdamW and the C++ wrapper")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tr["weight_decay"]},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=1.0, betas=tuple(tr["betas"]),
                                   fused=True if accelerator.device.type == "cpu" else None)
@@ -428,8 +428,8 @@ def train(config: dict[str, Any], output_dir: str | Path, progress: bool = True)
     # RoPE's table set eagerly for the longest row: the compiled step guards on it
     accelerator.unwrap_model(model).rope_table(int(config["data"]["max_length"]), accelerator.device)
     if tr["compile"]:  # the forward and loss, not the module: checkpoints keep their parameter names
-        # on a CPU, the graphs' wrapper in C++ instead of Python: 1.07x a step for the recipe's model, for
-        # about a minute more of compiling (docs/benchmarks.md, "Training step")
+        # on a CPU, the graphs' wrapper in C++ instead of Python: 1.06x a step for the recipe's model, for about
+        # 20-40 s more of compiling (docs/benchmarks.md, "RoPE table, fused AdamW and the C++ wrapper")
         options = {"cpp_wrapper": True} if accelerator.device.type == "cpu" else None
         forward_loss = torch.compile(forward_loss, dynamic=True, options=options)
 
