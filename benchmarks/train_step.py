@@ -82,8 +82,9 @@ def main() -> None:
 
     longest = kv_cache.CPU_BF16_ATTENTION_MAX_LEN
     # a setting: (length-aware, SDPA attention, micro_batch_size, pad_to_multiple_of, RoPE table, AdamW, wrapper)
+    now = (True, "fused", "cpp")  # the trainer's RoPE table, AdamW and wrapper
     if args.variant:
-        settings = {f"now (micro {micro_size}, pad {pad})": (True, not bf16, micro_size, pad, True, "fused", "cpp")}
+        settings = {f"now (micro {micro_size}, pad {pad})": (True, not bf16, micro_size, pad, *now)}
         for text in args.variant:
             v = dict(part.split("=") for part in text.split(","))
             m, q = int(v.pop("micro", micro_size)), int(v.pop("pad", pad))
@@ -95,10 +96,9 @@ def main() -> None:
                              + [f"adamw {adamw}"] * (adamw != "fused") + [f"{wrapper} wrapper"] * (wrapper != "cpp"))
             settings[name] = (True, not bf16, m, q, rope == "table", adamw, wrapper)
     else:  # the trainer before and after 2026-12-07
-        settings = {"fixed, SDPA": (False, True, micro_size, pad, True, "fused", "cpp"),
-                    "length, SDPA": (True, True, micro_size, pad, True, "fused", "cpp")}
+        settings = {"fixed, SDPA": (False, True, micro_size, pad, *now), "length, SDPA": (True, True, micro_size, pad, *now)}
         if bf16:
-            settings["length, bf16 attention"] = (True, False, micro_size, pad, True, "fused", "cpp")
+            settings["length, bf16 attention"] = (True, False, micro_size, pad, *now)
 
     def forward_loss(ids, labels, weights):
         return causal_lm_loss(model(ids).logits, labels, z_weight, reduction="sum", row_weights=weights)
